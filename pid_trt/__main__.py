@@ -1,0 +1,3 @@
+from pid_trt.cli import main
+
+main()

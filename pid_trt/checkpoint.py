@@ -1,0 +1,129 @@
+"""Official checkpoint loading: `model_ema_bf16.pth` (torch pickle of tensors) or `.safetensors`.
+
+Keys carry the `net.` prefix; EMA/teacher/discriminator copies (`net_ema.`, `fake_score.`, `discriminator.`)
+are ignored. Keys and shapes are checked against the requested net on the meta device before any
+full-size allocation, so a wrong file fails in milliseconds with a message naming the right net.
+"""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+from typing import Any
+
+import torch
+
+from pid_trt.errors import CheckpointError
+from pid_trt.model import PiDNet
+from pid_trt.registry import NET_DEFINITIONS, experiments_for, match_net_definition
+
+_IGNORED_PREFIXES = ("net_ema.", "fake_score.", "discriminator.")
+
+
+def read_tensors(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file, memory-mapped where the format allows (no copy of the data)."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {p} is empty")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(p))
+        obj = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # every parser error means the same thing to the user
+        kind = "safetensors" if p.suffix == ".safetensors" else "torch"
+        raise CheckpointError(f"{p} is not a readable {kind} checkpoint (truncated or not a checkpoint?): "
+                              f"{str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # training checkpoints nest the state dict
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p} does not hold a flat dict of tensors (found {type(obj).__name__})")
+    return obj
+
+
+def net_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip `net.` and drop the copies upstream's loader ignores."""
+    out = {}
+    for k, v in tensors.items():
+        if k.startswith(_IGNORED_PREFIXES):
+            continue
+        out[k[4:] if k.startswith("net.") else k] = v
+    if not out:
+        raise CheckpointError("the checkpoint holds no `net.` tensors")
+    return out
+
+
+def _expected_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in PiDNet(cfg).state_dict().items()}
+
+
+def _mismatches(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> list[str]:
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [f"{k} has shape {list(state[k].shape)}, expected {list(s)}"
+                 for k, s in expected.items() if k in state and tuple(state[k].shape) != s]
+    return problems
+
+
+def identify(state: dict[str, torch.Tensor]) -> str | None:
+    """The official net definition whose keys and shapes the state dict has exactly."""
+    for net in NET_DEFINITIONS.values():
+        if not _mismatches(state, _expected_shapes(net.config)):
+            return net.id
+    return None
+
+
+def _suggestion(net_id: str) -> str:
+    options = [f"--backbone {e.backbone} --ckpt {e.ckpt}" for e in experiments_for(net_id)]
+    return f"the file matches net {net_id} ({' or '.join(options)})" if options else f"the file matches net {net_id}"
+
+
+def check_state_dict(state: dict[str, torch.Tensor], cfg: dict[str, Any], source: str = "checkpoint") -> None:
+    problems = _mismatches(state, _expected_shapes(cfg))
+    if not problems:
+        return
+    found = identify(state)
+    hint = f"; {_suggestion(found)}" if found else ""
+    shown = ", ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+    wanted = match_net_definition(cfg)
+    raise CheckpointError(f"{source} does not fit net {wanted or 'from the given config'}: {shown}{hint}")
+
+
+def load_net(path: str | pathlib.Path, cfg: dict[str, Any], device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> PiDNet:
+    """Build the net for `cfg` and load the checkpoint strictly (weights become `dtype`, fp32 by default)."""
+    state = net_state_dict(read_tensors(path))
+    check_state_dict(state, cfg, source=str(path))
+    with torch.device("meta"):
+        net = PiDNet(cfg)
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    net.load_state_dict(state, strict=True, assign=True)
+    return net.eval()
+
+
+def sha256_file(path: str | pathlib.Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def inspect_checkpoint(path: str | pathlib.Path) -> dict[str, Any]:
+    """Summary of a checkpoint file: matching net definition, tensor count, dtypes, parameter count."""
+    tensors = read_tensors(path)
+    state = net_state_dict(tensors)
+    net_id = identify(state)
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in state.values()})
+    return {
+        "file": str(path),
+        "net_definition": net_id,
+        "checkpoints": [f"{e.backbone}/{e.ckpt}" for e in experiments_for(net_id)] if net_id else [],
+        "tensors": len(state),
+        "ignored_tensors": len(tensors) - len(state),
+        "dtypes": dtypes,
+        "parameters": sum(v.numel() for v in state.values()),
+    }

@@ -1,0 +1,21 @@
+"""User-facing errors: each carries a one-line message that the CLI prints as is (exit 2)."""
+
+
+class PiDError(Exception):
+    """Base class for expected, user-facing errors (bad input, bad files, missing tools)."""
+
+
+class PiDInputError(PiDError, ValueError):
+    """An input tensor, size or value the decoder cannot use."""
+
+
+class CheckpointError(PiDError):
+    """A checkpoint file that is unreadable or does not match the requested net."""
+
+
+class ConfigError(PiDError, ValueError):
+    """An unknown backbone/ckpt pair or an invalid net configuration."""
+
+
+class MissingDependencyError(PiDError, ImportError):
+    """An optional dependency (TensorRT, diffusers, ...) that this operation needs is not installed."""

@@ -1,0 +1,208 @@
+"""Backbones × checkpoint types → official PiD net definitions, checkpoints and output-size rules.
+
+Source: shared pid-net.md §4 and pid-sampler.md §3 (upstream's `checkpoint_registry.py` at HEAD 2c8814c).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pid_trt.errors import ConfigError
+from pid_trt.model import DEFAULT_CONFIG
+
+
+@dataclass(frozen=True)
+class NetDefinition:
+    """One of the 7 distinct official denoiser definitions (pid-net.md §4.2)."""
+
+    id: str
+    overrides: dict[str, Any]
+    params: int
+    tensors: int
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**DEFAULT_CONFIG, **self.overrides}
+
+
+_V15 = {"rope_ref_h": 2048, "rope_ref_w": 2048, "lq_hidden_dim": 1024, "lq_aux_rgb_head": True,
+        "lq_conv_padding_mode": "replicate", "lq_gate_type": "sigma_aware_per_token", "pit_lq_inject": True}
+
+NET_DEFINITIONS: dict[str, NetDefinition] = {n.id: n for n in [
+    NetDefinition("V1-16", {}, 1_362_348_170, 456),
+    NetDefinition("V1-F2", {"lq_latent_channels": 128, "latent_spatial_down_factor": 16}, 1_362_864_266, 456),
+    NetDefinition("V1-D2", {"lq_latent_channels": 768, "latent_spatial_down_factor": 16}, 1_365_813_386, 456),
+    NetDefinition("V1-SG", {"lq_latent_channels": 1152, "latent_spatial_down_factor": 16, "sr_scale": 8},
+                  1_367_582_858, 456),
+    NetDefinition("V1-XL", {"lq_latent_channels": 4}, 1_362_292_874, 456),
+    NetDefinition("V15-16", dict(_V15), 1_401_300_163, 467),
+    NetDefinition("V15-F2", {**_V15, "lq_latent_channels": 128, "latent_spatial_down_factor": 16,
+                             "lq_latent_unpatchify_factor": 2}, 1_401_447_619, 467),
+]}
+
+CKPT_TYPES = ("2k", "2kto4k", "2kto4k_v1pt5")
+_CKPT_ALIASES = {"2kto4k-v1pt5": "2kto4k_v1pt5", "v1pt5": "2kto4k_v1pt5", "v1.5": "2kto4k_v1pt5",
+                 "2kto4k_v15": "2kto4k_v1pt5", "4k": "2kto4k"}
+
+# W×H presets of the 2k checkpoints (upstream README and its 2048 table)
+PRESETS_2K = ((2048, 2048), (2304, 1728), (1728, 2304), (2688, 1536), (1536, 2688), (2688, 1792), (1792, 2688))
+
+# The v1.5 multi-resolution training grid, W×H, smallest to largest per aspect (pid-sampler.md §3)
+V15_GRID: dict[str, tuple[tuple[int, int], ...]] = {
+    "1:1": ((2048, 2048), (2304, 2304), (2560, 2560), (2816, 2816), (3072, 3072), (3328, 3328), (3584, 3584)),
+    "4:3": ((2368, 1792), (2688, 1984), (2944, 2240), (3264, 2432), (3520, 2688), (3840, 2816), (4096, 2816)),
+    "3:4": ((1792, 2368), (1984, 2688), (2240, 2944), (2432, 3264), (2688, 3520), (2816, 3840), (2816, 4096)),
+    "16:9": ((2752, 1536), (3072, 1728), (3392, 1920), (3776, 2112), (4096, 2176)),
+    "9:16": ((1536, 2752), (1728, 3072), (1920, 3392), (2112, 3776), (2176, 4096)),
+}
+# upstream's README examples, outside the grid but documented to work
+V15_EXTRA = ((4096, 4096), (4096, 3072))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A resolved (backbone, ckpt) pair."""
+
+    backbone: str
+    ckpt: str
+    experiment: str
+    net: NetDefinition
+    requested_ckpt: str = ""
+    note: str = ""
+    shift: float = 6.0
+    dynamic_shift: tuple[float, int] | None = None  # (base_shift, base size); teacher-style samplers only
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def checkpoint_file(self) -> str:
+        return f"checkpoints/{self.experiment}/model_ema_bf16.pth"
+
+    @property
+    def latent_channels(self) -> int:
+        return self.net.config["lq_latent_channels"]
+
+    @property
+    def down_factor(self) -> int:
+        return self.net.config["latent_spatial_down_factor"]
+
+    @property
+    def sr_scale(self) -> int:
+        return self.net.config["sr_scale"]
+
+    @property
+    def pixels_per_latent(self) -> int:
+        return self.down_factor * self.sr_scale
+
+    @property
+    def fixed_size(self) -> bool:
+        """RAE backbones produce 2048×2048 only (fixed native encoder interface)."""
+        return self.backbone in ("dinov2", "siglip")
+
+    def presets(self) -> tuple[tuple[int, int], ...]:
+        """Trained W×H sizes: the 2k presets, or the v1.5/4K grid (plus upstream's 4K examples)."""
+        if self.fixed_size:
+            return ((2048, 2048),)
+        if self.ckpt == "2k":
+            return PRESETS_2K
+        return tuple(s for sizes in V15_GRID.values() for s in sizes) + V15_EXTRA
+
+    def trained_area(self) -> tuple[int, int]:
+        sizes = self.presets()
+        return min(w * h for w, h in sizes), max(w * h for w, h in sizes)
+
+    def size_warning(self, width: int, height: int) -> str | None:
+        """A message when W×H lies outside the trained range (a warning, never an error)."""
+        lo, hi = self.trained_area()
+        if self.fixed_size and (width, height) != (2048, 2048):
+            return f"{self.backbone} was trained for 2048x2048 output only; {width}x{height} is untested"
+        if not lo * 0.9 <= width * height <= hi * 1.05 or not 0.5 <= width / height <= 2.0:
+            return (f"{width}x{height} is outside the trained range of {self.backbone} {self.ckpt} "
+                    f"(about {math.isqrt(lo)}² to {math.isqrt(hi)}² pixels, aspect 9:16 to 16:9); quality may drop")
+        return None
+
+
+# (backbone, ckpt) → (experiment, net id); aliases share their target's row
+_FLUX_2K = ("PiD_res2k_sr4x_official_flux_distill_4step", "V1-16")
+_FLUX_V15 = ("PiD_v1pt5_res2kto4k_sr4x_official_flux_distill_4step", "V15-16")
+_FLUX2_2K = ("PiD_res2k_sr4x_official_flux2_distill_4step", "V1-F2")
+_FLUX2_V15 = ("PiD_v1pt5_res2kto4k_sr4x_official_flux2_distill_4step", "V15-F2")
+_QWEN_V15 = ("PiD_v1pt5_res2kto4k_sr4x_official_qwenimage_distill_4step", "V15-16")
+
+_TABLE: dict[tuple[str, str], tuple[str, str]] = {
+    ("flux", "2k"): _FLUX_2K, ("flux", "2kto4k_v1pt5"): _FLUX_V15,
+    ("flux2", "2k"): _FLUX2_2K, ("flux2", "2kto4k_v1pt5"): _FLUX2_V15,
+    ("sd3", "2k"): ("PiD_res2k_sr4x_official_sd3_distill_4step", "V1-16"),
+    ("sd3", "2kto4k"): ("PiD_res2kto4k_sr4x_official_sd3_distill_4step", "V1-16"),
+    ("sdxl", "2kto4k"): ("PiD_res2kto4k_sr4x_official_sdxl_distill_4step", "V1-XL"),
+    ("qwenimage", "2kto4k_v1pt5"): _QWEN_V15,
+    ("dinov2", "2k"): ("PiD_res2k_sr4x_official_dinov2_distill_4step", "V1-D2"),
+    ("siglip", "2k"): ("PiD_res2k_sr8x_official_siglip_distill_4step", "V1-SG"),
+}
+BACKBONE_ALIASES = {"zimage": "flux", "zimage-turbo": "flux", "flux2-klein-4b": "flux2", "flux2-klein-9b": "flux2",
+                    "qwenimage-2512": "qwenimage"}
+BACKBONES = ("flux", "flux2", "flux2-klein-4b", "flux2-klein-9b", "zimage", "zimage-turbo", "sd3", "sdxl",
+             "qwenimage", "qwenimage-2512", "dinov2", "siglip")
+# upstream ships no v1 4K checkpoint for these; their only 4K checkpoint is v1.5
+_V15_ONLY_4K = ("flux", "flux2", "qwenimage")
+
+
+def pairs() -> list[tuple[str, str]]:
+    """Every valid (backbone, ckpt) pair, aliases included."""
+    out = []
+    for bb in BACKBONES:
+        base = BACKBONE_ALIASES.get(bb, bb)
+        out += [(bb, ck) for ck in CKPT_TYPES if (base, ck) in _TABLE]
+    return out
+
+
+def _valid_pairs_text() -> str:
+    by_bb: dict[str, list[str]] = {}
+    for bb, ck in pairs():
+        by_bb.setdefault(bb, []).append(ck)
+    return "; ".join(f"{bb}: {', '.join(cks)}" for bb, cks in by_bb.items())
+
+
+def resolve(backbone: str, ckpt: str = "2k") -> Entry:
+    """Look up (backbone, ckpt). `2kto4k` for flux/flux2/zimage/qwenimage resolves to v1.5 and says so in `.note`."""
+    bb = backbone.strip().lower()
+    requested = ckpt.strip().lower()
+    ck = _CKPT_ALIASES.get(requested, requested)
+    if bb not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
+    base = BACKBONE_ALIASES.get(bb, bb)
+    note = ""
+    if ck == "2kto4k" and base in _V15_ONLY_4K:
+        ck = "2kto4k_v1pt5"
+        note = (f"--ckpt 2kto4k for {bb} resolves to the v1.5 checkpoint {_TABLE[(base, ck)][0]} "
+                "(the only 4K checkpoint upstream ships for it)")
+    if (base, ck) not in _TABLE:
+        raise ConfigError(f"no official PiD checkpoint for --backbone {backbone} --ckpt {ckpt}; "
+                          f"valid pairs: {_valid_pairs_text()}")
+    experiment, net_id = _TABLE[(base, ck)]
+    dyn = {"2k": None, "2kto4k": (4.0, 1024), "2kto4k_v1pt5": (6.0, 2048)}[ck]
+    aliases = tuple(a for a, b in BACKBONE_ALIASES.items() if b == base)
+    return Entry(bb, ck, experiment, NET_DEFINITIONS[net_id], requested_ckpt=requested, note=note,
+                 dynamic_shift=dyn, aliases=aliases)
+
+
+def entries() -> list[Entry]:
+    return [resolve(bb, ck) for bb, ck in pairs()]
+
+
+def match_net_definition(cfg: dict[str, Any]) -> str | None:
+    """The id of the official net definition a (resolved) config equals, if any."""
+    cfg = {**DEFAULT_CONFIG, **cfg}
+    for net in NET_DEFINITIONS.values():
+        ref = net.config
+        if all(cfg[k] == ref[k] for k in ref if not k.startswith("ed_") and k not in _NO_EFFECT):
+            return net.id
+    return None
+
+
+# kwargs that change neither the parameters nor the forward
+_NO_EFFECT = ("repa_encoder_index", "num_text_blocks", "zero_init_lq", "train_lq_proj_only")
+
+
+def experiments_for(net_id: str) -> list[Entry]:
+    return [e for e in entries() if e.net.id == net_id and e.backbone == BACKBONE_ALIASES.get(e.backbone, e.backbone)]
