@@ -6,6 +6,7 @@ position tables live in `Tables` so the ONNX exporter can swap in shape-generic 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -117,12 +118,20 @@ def timestep_freqs(dim: int = 256, max_period: float = 10.0, device=None) -> tor
     independent; upstream's golden tables differ from that correctly rounded value only at k = 48 of the
     official (256, 10) sinusoid, which we reproduce, because 1 ulp there moves outputs by ~1e-4.
     """
+    return _timestep_freqs(dim, max_period).to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _timestep_freqs(dim: int, max_period: float) -> torch.Tensor:
     half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=device) / half
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device="cpu") / half
     freqs = torch.exp(exponent.double()).float()
     if (dim, max_period) == (256, 10.0):
         freqs[48] = torch.nextafter(freqs[48], freqs.new_tensor(1.0))
     return freqs
+
+
+_timestep_freqs(256, 10.0)  # computed at import, so graph tracing sees a constant
 
 
 class Tables:

@@ -10,6 +10,7 @@ from typing import Any
 
 from pid_trt.errors import ConfigError
 from pid_trt.model import DEFAULT_CONFIG
+from pid_trt.teacher import TEACHER_CFG, TEACHER_STEPS, V15_DYNAMIC_SHIFT
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,13 @@ NET_DEFINITIONS: dict[str, NetDefinition] = {n.id: n for n in [
                              "lq_latent_unpatchify_factor": 2}, 1_401_447_619, 467),
 ]}
 
-CKPT_TYPES = ("2k", "2kto4k", "2kto4k_v1pt5")
+TEACHER_CKPT = "2kto4k_v1pt5_teacher"  # the undistilled v1.5 checkpoints (DPM-Solver++ with CFG)
+CKPT_TYPES = ("2k", "2kto4k", "2kto4k_v1pt5", TEACHER_CKPT)
 _CKPT_ALIASES = {"2kto4k-v1pt5": "2kto4k_v1pt5", "v1pt5": "2kto4k_v1pt5", "v1.5": "2kto4k_v1pt5",
-                 "2kto4k_v15": "2kto4k_v1pt5", "4k": "2kto4k"}
+                 "2kto4k_v15": "2kto4k_v1pt5", "4k": "2kto4k",
+                 "teacher": TEACHER_CKPT, "undistilled": TEACHER_CKPT, "v1pt5_teacher": TEACHER_CKPT,
+                 "v1.5-teacher": TEACHER_CKPT, "2kto4k_v1pt5_undistilled": TEACHER_CKPT,
+                 "2kto4k-v1pt5-teacher": TEACHER_CKPT}
 
 # W×H presets of the 2k checkpoints (upstream README and its 2048 table)
 PRESETS_2K = ((2048, 2048), (2304, 1728), (1728, 2304), (2688, 1536), (1536, 2688), (2688, 1792), (1792, 2688))
@@ -73,6 +78,9 @@ class Entry:
     shift: float = 6.0
     dynamic_shift: tuple[float, int] | None = None  # (base_shift, base size); teacher-style samplers only
     aliases: tuple[str, ...] = field(default=())
+    sampler: str = "student"  # "student": 4-step distilled loop; "teacher": DPM-Solver++ with CFG (pid_trt.teacher)
+    default_steps: int = 4
+    default_cfg: float = 1.0  # 1 = no guidance (the students have none)
 
     @property
     def checkpoint_file(self) -> str:
@@ -128,6 +136,10 @@ _FLUX_V15 = ("PiD_v1pt5_res2kto4k_sr4x_official_flux_distill_4step", "V15-16")
 _FLUX2_2K = ("PiD_res2k_sr4x_official_flux2_distill_4step", "V1-F2")
 _FLUX2_V15 = ("PiD_v1pt5_res2kto4k_sr4x_official_flux2_distill_4step", "V15-F2")
 _QWEN_V15 = ("PiD_v1pt5_res2kto4k_sr4x_official_qwenimage_distill_4step", "V15-16")
+# undistilled v1.5 teachers: the v1.5 student net definitions (pid-sampler.md §1.2)
+_FLUX_TEACHER = ("PiD_v1pt5_res2kto4k_sr4x_official_flux_undistilled", "V15-16")
+_FLUX2_TEACHER = ("PiD_v1pt5_res2kto4k_sr4x_official_flux2_undistilled", "V15-F2")
+_QWEN_TEACHER = ("PiD_v1pt5_res2kto4k_sr4x_official_qwenimage_undistilled", "V15-16")
 
 _TABLE: dict[tuple[str, str], tuple[str, str]] = {
     ("flux", "2k"): _FLUX_2K, ("flux", "2kto4k_v1pt5"): _FLUX_V15,
@@ -136,6 +148,8 @@ _TABLE: dict[tuple[str, str], tuple[str, str]] = {
     ("sd3", "2kto4k"): ("PiD_res2kto4k_sr4x_official_sd3_distill_4step", "V1-16"),
     ("sdxl", "2kto4k"): ("PiD_res2kto4k_sr4x_official_sdxl_distill_4step", "V1-XL"),
     ("qwenimage", "2kto4k_v1pt5"): _QWEN_V15,
+    ("flux", TEACHER_CKPT): _FLUX_TEACHER, ("flux2", TEACHER_CKPT): _FLUX2_TEACHER,
+    ("qwenimage", TEACHER_CKPT): _QWEN_TEACHER,
     ("dinov2", "2k"): ("PiD_res2k_sr4x_official_dinov2_distill_4step", "V1-D2"),
     ("siglip", "2k"): ("PiD_res2k_sr8x_official_siglip_distill_4step", "V1-SG"),
 }
@@ -180,10 +194,12 @@ def resolve(backbone: str, ckpt: str = "2k") -> Entry:
         raise ConfigError(f"no official PiD checkpoint for --backbone {backbone} --ckpt {ckpt}; "
                           f"valid pairs: {_valid_pairs_text()}")
     experiment, net_id = _TABLE[(base, ck)]
-    dyn = {"2k": None, "2kto4k": (4.0, 1024), "2kto4k_v1pt5": (6.0, 2048)}[ck]
+    dyn = {"2k": None, "2kto4k": (4.0, 1024), "2kto4k_v1pt5": V15_DYNAMIC_SHIFT, TEACHER_CKPT: V15_DYNAMIC_SHIFT}[ck]
     aliases = tuple(a for a, b in BACKBONE_ALIASES.items() if b == base)
+    sampling = ({"sampler": "teacher", "default_steps": TEACHER_STEPS, "default_cfg": TEACHER_CFG}
+                if ck == TEACHER_CKPT else {})
     return Entry(bb, ck, experiment, NET_DEFINITIONS[net_id], requested_ckpt=requested, note=note,
-                 dynamic_shift=dyn, aliases=aliases)
+                 dynamic_shift=dyn, aliases=aliases, **sampling)
 
 
 def entries() -> list[Entry]:

@@ -1,5 +1,7 @@
 """The distilled 4-step student sampler of PiD (shared pid-sampler.md §1.1), input checks and u8 output.
 
+`sample(..., sampler="teacher")` hands undistilled teacher checkpoints to pid_trt.teacher (DPM-Solver++ with CFG).
+
 `sample` is the reference loop that every backend is checked against: x0 in float64, fresh Gaussian
 noise after every step but the last, in upstream's draw order.
 """
@@ -9,8 +11,10 @@ import contextlib
 import warnings
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
+from pid_trt import teacher
 from pid_trt.errors import PiDInputError
 
 STUDENT_T_LIST = (0.999, 0.866, 0.634, 0.342, 0.0)
@@ -18,6 +22,7 @@ STUDENT_TIMESTEP = 1.0  # the N = 1 branch evaluates once at t = 1.0, not 0.999
 TIMESCALE = 1000.0
 MAX_STEPS = 8
 PRECISIONS = ("fp32", "bf16")
+SAMPLERS = ("student", "teacher")
 
 
 def t_list(steps: int = 4) -> list[float]:
@@ -109,44 +114,96 @@ def _autocast(precision: str, device: torch.device):
 
 
 @torch.no_grad()
-def sample(net, lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma, steps: int = 4,
+def sample(net, lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma, steps: int | None = None,
            noise: Sequence[torch.Tensor] | None = None, generator: torch.Generator | None = None,
            precision: str = "fp32", size: tuple[int, int] | None = None,
-           on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Decode with the distilled student: image [B, 3, H, W] in [-1, 1].
+           on_step: Callable[[int, torch.Tensor], None] | None = None, *, sampler: str = "student",
+           cfg: float | None = None, negative_y: torch.Tensor | None = None,
+           shift: float | None = None) -> torch.Tensor:
+    """Decode with the distilled student (default) or an undistilled teacher: image [B, 3, H, W] in [-1, 1].
 
     Inputs are used as given (the runtime, not this function, rounds latent and caption to bf16).
     `noise` lists the Gaussian tensors in draw order (initial, then each re-noise); otherwise they are drawn
     from `generator` (default: a fresh generator seeded 0 on the latent's device). `precision="bf16"` runs
     the net under bf16 autocast like upstream (the sampler state stays fp32, x0 in fp64).
     `on_step(i, x)` sees x after each step i = 1..N (the last one before the clamp).
+    `steps` defaults to 4 for the student and 25 for the teacher.
+
+    `sampler="teacher"` runs DPM-Solver++ (pid_trt.teacher) with text CFG: `cfg` (default 5; 1 = no guidance)
+    mixes in `negative_y`, the embedding of pid_trt.text.NEGATIVE_PROMPT ([1 or B, L, D]); `shift` overrides
+    the v1.5 teachers' dynamic shift 6·sqrt(sqrt(H·W)/2048). It draws only the initial noise.
     """
     if precision not in PRECISIONS:
         raise PiDInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if sampler not in SAMPLERS:
+        raise PiDInputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     sigma, (hh, ww) = check_inputs(net.config, lq_latent, y, degrade_sigma, size)
     device = lq_latent.device
     if noise is None and generator is None:
         generator = torch.Generator(device=device).manual_seed(0)
-    ts = torch.tensor(t_list(steps), dtype=torch.float32, device=device)
+    if sampler == "teacher":
+        return _sample_teacher(net, lq_latent, y, sigma, (hh, ww), teacher.TEACHER_STEPS if steps is None else steps,
+                               _draw(noise, 0, (lq_latent.shape[0], 3, hh, ww), generator, device), precision,
+                               teacher.TEACHER_CFG if cfg is None else cfg, negative_y, shift, on_step)
+    if cfg not in (None, 1.0) or negative_y is not None or shift is not None:
+        raise PiDInputError("cfg, negative_y and shift apply to sampler='teacher' only; "
+                            "the distilled student has no guidance and no shift")
     shape = (lq_latent.shape[0], 3, hh, ww)
-
     with _autocast(precision, device):
         feats = net.condition(lq_latent, hh, ww)
-    x = _draw(noise, 0, shape, generator, device)
+
+    def denoise(x, t_net):
+        with _autocast(precision, device):
+            return net.denoise(x, t_net, y, sigma, feats)
+
+    return student_loop(denoise, 4 if steps is None else steps,
+                        lambda k: _draw(noise, k, shape, generator, device), on_step)
+
+
+def student_loop(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], steps: int,
+                 draw: Callable[[int], torch.Tensor],
+                 on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """The distilled student's loop, shared by the reference and every runtime backend.
+
+    `denoise(x, t_net)` returns the velocity for timesteps t_net = t·1000 ([B] fp32); `draw(k)` returns Gaussian
+    draw #k (0: the initial sample). x0 = x − t·v in float64; re-noise x = (1 − t_n)·x0 + t_n·ε in fp32.
+    The step structure is fixed per N (no host syncs), so the loop can be captured in a CUDA graph.
+    """
+    ts = [np.float32(t) for t in t_list(steps)]  # host fp32 values: no device tensors built inside the loop
+    x = draw(0)
     k = 1
     for i in range(steps):
         t_c, t_n = ts[i], ts[i + 1]
-        with _autocast(precision, device):
-            v = net.denoise(x, (t_c * TIMESCALE).expand(shape[0]), y, sigma, feats)
-        x0 = (x.double() - t_c.double() * v.double()).float()
+        t_net = torch.full((x.shape[0],), float(t_c * np.float32(TIMESCALE)), dtype=torch.float32, device=x.device)
+        v = denoise(x, t_net)
+        x0 = (x.double() - float(t_c) * v.double()).float()
         if t_n > 0:
-            x = (1 - t_n) * x0 + t_n * _draw(noise, k, shape, generator, device)
+            x = float(np.float32(1) - t_n) * x0 + float(t_n) * draw(k)
             k += 1
         else:
             x = x0
         if on_step is not None:
             on_step(i + 1, x)
     return x.clamp(-1, 1)
+
+
+def _sample_teacher(net, lq_latent: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, size_hw: tuple[int, int],
+                    steps: int, x_init: torch.Tensor, precision: str, cfg: float, negative_y: torch.Tensor | None,
+                    shift: float | None, on_step) -> torch.Tensor:
+    """The reference teacher decode: PiDNet wrapped into a denoise_fn for pid_trt.teacher.teacher_sample."""
+    ts = teacher.time_grid(steps, teacher.resolve_shift(*size_hw, shift))
+    teacher.check_guidance(y, negative_y, cfg)  # fail before computing the latent features
+    device = lq_latent.device
+    with _autocast(precision, device):
+        feats = net.condition(lq_latent, *size_hw)
+    if cfg != 1.0:
+        feats = list(teacher.cfg_batch(*feats))  # one call covers [uncond; cond]
+
+    def denoise(x, t_net, y_in, sigma_in):
+        with _autocast(precision, device):
+            return net.denoise(x, t_net, y_in, sigma_in, feats)
+
+    return teacher.teacher_sample(denoise, x_init, ts, y, sigma, negative_y, cfg, on_step)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

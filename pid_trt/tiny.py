@@ -19,14 +19,15 @@ TINY = {"num_groups": 2, "hidden_size": 48, "pixel_hidden_size": 4, "pixel_attn_
 DEFAULT_STRUCTURE = "V15-16"  # the flux v1.5 structure
 
 
-def tiny_config(structure: str = DEFAULT_STRUCTURE) -> dict[str, Any]:
-    return {**NET_DEFINITIONS[structure].config, **TINY}
+def tiny_config(structure: str = DEFAULT_STRUCTURE, **overrides: Any) -> dict[str, Any]:
+    return {**NET_DEFINITIONS[structure].config, **TINY, **overrides}
 
 
 @torch.no_grad()
-def tiny_net(structure: str = DEFAULT_STRUCTURE, seed: int = 0, init: str = "tame") -> PiDNet:
+def tiny_net(structure: str = DEFAULT_STRUCTURE, seed: int = 0, init: str = "tame", **overrides: Any) -> PiDNet:
+    """A tiny net; `overrides` change config keys (e.g. patch_depth=2 for faster export tests)."""
     torch.manual_seed(seed)
-    net = PiDNet(tiny_config(structure)).eval()
+    net = PiDNet(tiny_config(structure, **overrides)).eval()
     g = torch.Generator().manual_seed(seed + 1)
     for name, p in net.named_parameters():
         if init == "tame":

@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# Fresh machine → the whole test suite: Python (pytest) and, where cmake exists, the C++ runtime (ctest).
+# Fresh machine → the whole test suite: the C++ runtime (cmake + ctest, where cmake and nvcc exist) and Python (pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if command -v cmake >/dev/null && command -v nvcc >/dev/null; then
+  if ! dpkg -s nlohmann-json3-dev >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq nlohmann-json3-dev) >/dev/null || echo "warning: could not install nlohmann-json3-dev"
+  fi
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j2 >/dev/null
+  ctest --test-dir build --output-on-failure
+else
+  echo "cmake or nvcc not found: skipping the C++ runtime build and its ctest suite"
+fi
 .venv/bin/python -m pytest -q -ra "$@"

@@ -1,0 +1,235 @@
+"""The engine directory: names, sidecars, locked atomic writes, listing and compatibility checks.
+
+Layout and sidecar format: docs/formats.md ("Engine directory"). A build writes the engines under temporary
+names, renames them, and writes the sidecar last; an engine without a sidecar is an unfinished build.
+Writers of one engine name serialise on `<name>.lock`.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from filelock import FileLock
+
+from pid_trt.engines.profiles import Profile
+from pid_trt.errors import ConfigError
+from pid_trt.images import atomic_write_bytes, atomic_write_json
+from pid_trt.registry import BACKBONE_ALIASES, resolve
+
+FORMAT = "pid-trt-engine"
+FORMAT_VERSION = 1
+GRAPHS = ("cond", "denoise")
+UNKNOWN = "<unknown>"  # TensorRT version / SM in dry-run names, where neither is known
+
+
+def canonical_names(backbone: str, ckpt: str) -> tuple[str, str]:
+    """(backbone, ckpt) as engine names and sidecars spell them: aliases share their base net's engines
+    (zimage → flux) and the checkpoint type is resolved (flux2 2kto4k → 2kto4k_v1pt5)."""
+    entry = resolve(backbone, ckpt)
+    return BACKBONE_ALIASES.get(entry.backbone, entry.backbone), entry.ckpt
+
+
+def engine_name(backbone: str, ckpt: str, precision: str, profile_hash: str,
+                trt_version: str | None, compute_capability: str | None) -> str:
+    """`pid_<backbone>_<ckpt>_<precision>_p<hash8>_trt<version>_sm<major><minor>` (docs/formats.md)."""
+    sm = compute_capability.replace(".", "") if compute_capability else UNKNOWN
+    return f"pid_{backbone}_{ckpt}_{precision}_p{profile_hash}_trt{trt_version or UNKNOWN}_sm{sm}"
+
+
+def sha256_of(blob: Any) -> str:
+    return hashlib.sha256(memoryview(blob)).hexdigest()
+
+
+def check_compatible(sidecar: dict[str, Any], *, trt_version: str | None, compute_capability: str | None,
+                     onnx_manifest: dict[str, Any] | None = None, width: int | None = None,
+                     height: int | None = None, batch: int | None = None) -> list[str]:
+    """Why the engine a sidecar describes cannot be used here; empty when it can.
+
+    `trt_version` / `compute_capability` None: not checked (unknown here). `onnx_manifest`: the ONNX directory
+    the engine should come from (its graphs' and weights' sha256 must match). width/height/batch: a run size
+    that some profile must cover.
+    """
+    if sidecar.get("format") != FORMAT or sidecar.get("format_version") != FORMAT_VERSION:
+        return [f"sidecar is {sidecar.get('format')!r} v{sidecar.get('format_version')}, "
+                f"this pid-trt reads {FORMAT!r} v{FORMAT_VERSION}"]
+    reasons = []
+    built_trt = sidecar["tensorrt_version"]
+    if trt_version is not None and built_trt != trt_version:
+        reasons.append(f"built with TensorRT {built_trt}, this machine has TensorRT {trt_version} "
+                       "(engines load only in the TensorRT version that built them)")
+    gpu = sidecar["gpu"]
+    if compute_capability is not None and gpu["compute_capability"] != compute_capability:
+        reasons.append(f"built for GPU compute capability {gpu['compute_capability']} ({gpu['name']}), "
+                       f"this GPU is {compute_capability}")
+    if onnx_manifest is not None:
+        for graph in GRAPHS:
+            built_from = sidecar["engines"][graph]["onnx_sha256"]
+            now = onnx_manifest["graphs"][graph]["sha256"]
+            if built_from != now:
+                reasons.append(f"ONNX changed: {graph} sha256 is {now[:12]}…, "
+                               f"the engine was built from {built_from[:12]}…")
+        weights_now = onnx_manifest["weights"]["sha256"]
+        if sidecar["weights_sha256"] != weights_now:
+            reasons.append(f"weights changed: sha256 is {weights_now[:12]}…, "
+                           f"the engine was built from {sidecar['weights_sha256'][:12]}…")
+    if (width, height, batch) != (None, None, None):
+        profiles = [Profile.from_json(p) for p in sidecar["profiles"]]
+        if not any(p.covers(width, height, batch) for p in profiles):
+            size = f"{width or '*'}x{height or '*'}" + (f" batch {batch}" if batch is not None else "")
+            reasons.append(f"{size} lies outside every profile ({'; '.join(p.describe() for p in profiles)})")
+    return reasons
+
+
+@dataclass
+class StoredEngine:
+    """One engine name found in a directory, finished or not."""
+
+    name: str
+    sidecar: dict[str, Any] | None
+    problems: list[str] = field(default_factory=list)  # why the files themselves are unusable
+    size_bytes: int = 0
+
+    @property
+    def status(self) -> str:
+        return "ok" if not self.problems else "; ".join(self.problems)
+
+
+class EngineStore:
+    """An engine directory. Writes of one name are serialised by a file lock and atomic."""
+
+    def __init__(self, root: str | pathlib.Path):
+        self.root = pathlib.Path(root)
+        self._locks: dict[str, FileLock] = {}
+
+    def sidecar_path(self, name: str) -> pathlib.Path:
+        return self.root / f"{name}.json"
+
+    def engine_path(self, name: str, graph: str) -> pathlib.Path:
+        return self.root / f"{name}.{graph}.engine"
+
+    def lock(self, name: str) -> FileLock:
+        """The inter-process lock of one engine name (re-entrant within this store object)."""
+        if name not in self._locks:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._locks[name] = FileLock(self.root / f"{name}.lock")
+        return self._locks[name]
+
+    def publish(self, name: str, engines: Mapping[str, Any], sidecar: dict[str, Any]) -> pathlib.Path:
+        """Write the engines (bytes-like, one per graph) and then the sidecar, under the name's lock.
+
+        Fills in the sidecar's name and each engine's file and sha256. Returns the sidecar path.
+        """
+        sidecar = copy.deepcopy(sidecar)
+        sidecar["name"] = name
+        with self.lock(name):
+            # the old sidecar must not describe the new engine files while they are being replaced
+            self.sidecar_path(name).unlink(missing_ok=True)
+            for stale in self.root.glob(f".{name}.*.tmp"):  # left by a killed writer; we hold the lock
+                stale.unlink(missing_ok=True)
+            for graph, blob in engines.items():
+                path = self.engine_path(name, graph)
+                atomic_write_bytes(path, blob)
+                sidecar["engines"][graph].update(file=path.name, sha256=sha256_of(blob))
+            atomic_write_json(self.sidecar_path(name), sidecar)
+        return self.sidecar_path(name)
+
+    def read_sidecar(self, name: str) -> dict[str, Any]:
+        path = self.sidecar_path(name)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read engine sidecar {path}: {e}") from None
+
+    def scan(self) -> list[StoredEngine]:
+        """Every engine name in the directory, with the problems of its files (unfinished, missing, unreadable)."""
+        if not self.root.is_dir():
+            return []
+        found: dict[str, StoredEngine] = {}
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                sidecar = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                if path.stem.startswith("pid_"):
+                    found[path.stem] = StoredEngine(path.stem, None, [f"unreadable sidecar: {e}"])
+                continue
+            if isinstance(sidecar, dict) and sidecar.get("format") == FORMAT:
+                found[path.stem] = StoredEngine(path.stem, sidecar)
+        for path in sorted(self.root.glob("*.engine")):
+            name = path.name.rsplit(".", 2)[0]
+            found.setdefault(name, StoredEngine(name, None, ["unfinished: engine file without sidecar"]))
+            found[name].size_bytes += path.stat().st_size
+        for item in found.values():
+            if item.sidecar is not None:
+                item.problems += [f"missing {spec['file']}" for spec in item.sidecar.get("engines", {}).values()
+                                  if not (self.root / spec["file"]).exists()]
+        return sorted(found.values(), key=lambda e: e.name)
+
+
+@dataclass
+class EngineLookup:
+    """The result of find_engine: the chosen engine (if any) and why every other candidate was rejected."""
+
+    sidecar_path: pathlib.Path | None
+    sidecar: dict[str, Any] | None
+    rejected: dict[str, list[str]]
+    wanted: str = ""  # what was looked for, for messages
+
+    @property
+    def found(self) -> bool:
+        return self.sidecar is not None
+
+    def explain(self) -> list[str]:
+        return [f"{name}: {'; '.join(reasons)}" for name, reasons in self.rejected.items()]
+
+    def rebuild_reason(self) -> str | None:
+        """'rebuilding because: …' when an engine of this name exists but cannot be used."""
+        reasons = [r for rs in self.rejected.values() for r in rs]
+        return f"rebuilding because: {'; '.join(reasons)}" if reasons else None
+
+    def require(self) -> pathlib.Path:
+        """The chosen sidecar's path, or a ConfigError that says why each candidate was rejected."""
+        if self.sidecar_path is not None:
+            return self.sidecar_path
+        why = " | ".join(self.explain()) or "none built"
+        raise ConfigError(f"no usable TensorRT engine for {self.wanted} ({why}); build one with pid-trt build")
+
+
+def find_engine(engine_dir: str | pathlib.Path, backbone: str, ckpt: str, precision: str, *,
+                trt_version: str | None, compute_capability: str | None,
+                onnx_manifest: dict[str, Any] | None = None, width: int | None = None, height: int | None = None,
+                batch: int | None = None, name: str | None = None) -> EngineLookup:
+    """Find a usable engine for (backbone, ckpt, precision), or for one engine `name`; every candidate that
+    cannot be used is listed with its reasons.
+
+    Among usable engines, one with a static profile of exactly width×height wins (static-shape kernels).
+    """
+    store = EngineStore(engine_dir)
+    backbone, ckpt = canonical_names(backbone, ckpt)
+    prefix = f"pid_{backbone}_{ckpt}_{precision}_"
+    candidates = [e for e in store.scan() if (e.name == name if name else e.name.startswith(prefix))]
+    rejected: dict[str, list[str]] = {}
+    usable = []
+    for item in candidates:
+        reasons = list(item.problems)
+        if item.sidecar is not None:
+            reasons += check_compatible(item.sidecar, trt_version=trt_version, compute_capability=compute_capability,
+                                        onnx_manifest=onnx_manifest, width=width, height=height, batch=batch)
+        if reasons:
+            rejected[item.name] = reasons
+        else:
+            usable.append(item)
+
+    def exact_static(item: StoredEngine) -> bool:
+        return any(p["kind"] == "static" and p["width"][0] == width and p["height"][0] == height
+                   for p in item.sidecar["profiles"])
+
+    size = f" at {width or '*'}x{height or '*'}" if (width, height) != (None, None) else ""
+    wanted = f"{name or f'{backbone} {ckpt} {precision}'}{size} in {store.root}"
+    if not usable:
+        return EngineLookup(None, None, rejected, wanted)
+    best = min(usable, key=lambda item: (not exact_static(item), item.name))
+    return EngineLookup(store.sidecar_path(best.name), best.sidecar, rejected, wanted)

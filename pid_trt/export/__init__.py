@@ -1,0 +1,248 @@
+"""Export PiD's denoiser to ONNX: `cond.onnx` (once per decode) + `denoise.onnx` (once per step), or one graph.
+
+The output directory is self-describing (docs/formats.md): ONNX files, external data when large, and a
+`manifest.json` naming every tensor, the net config, precision, weights hash and the sampler t-lists.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import pathlib
+import shutil
+import tempfile
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+
+from pid_trt import __version__
+from pid_trt.errors import PiDInputError
+from pid_trt.export.graphs import (CondGraph, DenoiseGraph, SingleGraph, export_view, feature_names,
+                                   precision_policy)
+from pid_trt.images import atomic_write_json
+from pid_trt.model import PiDNet
+from pid_trt.registry import match_net_definition, resolve
+from pid_trt.sampler import t_lists
+
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+OPSET = 20
+_TWO_GB = 2**31 - 1
+
+
+def _dims():
+    from torch.export import Dim
+
+    return {"batch": Dim("batch", min=1, max=64), "lat_h": Dim("lat_h", min=1, max=1024),
+            "lat_w": Dim("lat_w", min=1, max=1024), "text_len": Dim("text_len", min=1, max=4096)}
+
+
+def _example(net: PiDNet, batch: int = 2, lat_hw: tuple[int, int] = (2, 3), text_len: int = 5):
+    cfg = net.config
+    k = net.pixels_per_latent
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(batch, cfg["lq_latent_channels"], *lat_hw, generator=g)
+    x = torch.randn(batch, 3, lat_hw[0] * k, lat_hw[1] * k, generator=g)
+    y = torch.randn(batch, text_len, cfg["txt_embed_dim"], generator=g)
+    return {"x": x, "t": torch.tensor([866.0, 342.0][:batch]), "y": y, "lq_latent": z,
+            "degrade_sigma": torch.tensor([0.25, 0.0][:batch])}
+
+
+def _io_spec(name: str, shape: list, role: str) -> dict[str, Any]:
+    return {"name": name, "dtype": "float32", "shape": shape, "role": role}
+
+
+def graph_io(net: PiDNet) -> dict[str, dict[str, list]]:
+    """Inputs and outputs of both graphs with symbolic dims (also written to the manifest)."""
+    cfg = net.config
+    k, r = net.pixels_per_latent, net.pixels_per_latent // cfg["patch_size"]
+    d = cfg["hidden_size"]
+    feats = [_io_spec(n, ["batch", f"{r}*lat_h", f"{r}*lat_w", d], "latent injection feature (per decode)")
+             for n in feature_names(net)]
+    latent = _io_spec("lq_latent", ["batch", cfg["lq_latent_channels"], "lat_h", "lat_w"], "normalised LDM latent")
+    sigma = _io_spec("degrade_sigma", ["batch"], "noise level of the latent, in [0, 1]")
+    x = _io_spec("x", ["batch", 3, f"{k}*lat_h", f"{k}*lat_w"], "noisy pixels x_t")
+    t = _io_spec("t", ["batch"], "flow time × 1000")
+    y = _io_spec("y", ["batch", "text_len", cfg["txt_embed_dim"]], "caption embedding (truncated in-graph)")
+    v = _io_spec("velocity", ["batch", 3, f"{k}*lat_h", f"{k}*lat_w"], "velocity ε − x0")
+    return {"cond": {"inputs": [latent], "outputs": feats},
+            "denoise": {"inputs": [x, t, y, sigma] + feats, "outputs": [v]},
+            "single": {"inputs": [x, t, y, latent, sigma], "outputs": [v]}}
+
+
+def _dynamic_shapes(net: PiDNet, which: str) -> dict[str, dict[int, Any]]:
+    dm = _dims()
+    b, lh, lw, lt = dm["batch"], dm["lat_h"], dm["lat_w"], dm["text_len"]
+    k, r = net.pixels_per_latent, net.pixels_per_latent // net.config["patch_size"]
+    x, z, feat = {0: b, 2: k * lh, 3: k * lw}, {0: b, 2: lh, 3: lw}, {0: b, 1: r * lh, 2: r * lw}
+    if which == "cond":
+        return {"lq_latent": z}
+    if which == "single":
+        return {"x": x, "t": {0: b}, "y": {0: b, 1: lt}, "lq_latent": z, "degrade_sigma": {0: b}}
+    return {"x": x, "t": {0: b}, "y": {0: b, 1: lt}, "degrade_sigma": {0: b},
+            "feats": tuple(feat for _ in feature_names(net))}
+
+
+def _export_graph(module: torch.nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic_shapes,
+                  path: pathlib.Path, meta: dict[str, str]) -> dict[str, int]:
+    """torch.export → ONNX (dynamo, opset 20) → onnxslim → metadata → save (external data above 2 GB)."""
+    import onnx
+    import onnxslim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=names[0],
+                                 output_names=names[1], dynamic_shapes=dynamic_shapes, verbose=False)
+    tmp = path.with_suffix(".raw.onnx")
+    prog.save(str(tmp), external_data=True)
+    del prog
+    model = onnx.load(str(tmp))
+    nodes_before = len(model.graph.node)
+    model = onnxslim.slim(model)
+    nodes_after = len(model.graph.node)
+    for key, value in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    large = sum(t.ByteSize() for t in model.graph.initializer) > _TWO_GB // 2
+    data_name = path.name + ".data"
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+    for f in path.parent.glob(tmp.name + "*"):
+        f.unlink()
+    dtypes = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+              for v in list(model.graph.input) + list(model.graph.output)}
+    return {"nodes_before_slim": nodes_before, "nodes_after_slim": nodes_after, "large": large, "dtypes": dtypes}
+
+
+def weights_digest(net: PiDNet) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _file_sha256(path: pathlib.Path) -> str:
+    from pid_trt.checkpoint import sha256_file
+
+    return sha256_file(path)
+
+
+def build_net(*, backbone: str | None = None, ckpt: str | None = None, net_config: dict | None = None,
+              checkpoint: str | pathlib.Path | None = None, seed: int = 0) -> tuple[PiDNet, dict[str, Any]]:
+    """The net to export and what it was built from. Without a checkpoint: random weights of the right shape."""
+    entry = None
+    if net_config is None:
+        if backbone is None:
+            raise PiDInputError("give --backbone and --ckpt, or --net-config")
+        entry = resolve(backbone, ckpt or "2k")
+        net_config = entry.net.config
+    if checkpoint is not None:
+        from pid_trt.checkpoint import load_net
+
+        net = load_net(checkpoint, net_config)
+        source = str(checkpoint)
+    else:
+        torch.manual_seed(seed)
+        net = PiDNet.from_config(net_config).eval()
+        for name, p in net.named_parameters():  # upstream zero-inits the heads; keep the graph's outputs live
+            if name.startswith(("final_layer.linear", "lq_proj.output_heads", "lq_proj.pit_head")):
+                torch.nn.init.normal_(p, std=0.02)
+        source = "random"
+    info = {"backbone": entry.backbone if entry else None, "ckpt": entry.ckpt if entry else None,
+            "net_definition": match_net_definition(net.config), "weights_source": source, "note": entry.note if entry else ""}
+    return net, info
+
+
+def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckpt: str | None = None,
+                net_config: dict | None = None, checkpoint: str | pathlib.Path | None = None,
+                precision: str = "fp32", single: bool = False, net: PiDNet | None = None,
+                calibration: Callable | None = None, log: Callable[[str], None] = lambda s: None) -> pathlib.Path:
+    """Export cond.onnx + denoise.onnx (or model.onnx with `single=True`) and manifest.json into `out_dir`.
+
+    The directory appears only when complete (written to a temporary sibling, then renamed).
+    """
+    if precision not in PRECISIONS:
+        raise PiDInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    out = pathlib.Path(out_dir)
+    if net is None:
+        net, info = build_net(backbone=backbone, ckpt=ckpt, net_config=net_config, checkpoint=checkpoint)
+    else:
+        info = {"backbone": backbone, "ckpt": ckpt, "net_definition": match_net_definition(net.config),
+                "weights_source": "in-memory", "note": ""}
+    if info["weights_source"] == "random":
+        log("WARNING: no --checkpoint given: exporting RANDOM weights of the official shape "
+            "(fine for engine and performance work, useless for images)")
+    digest = weights_digest(net)
+    export_net = export_view(copy.deepcopy(net).eval())
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    t0 = time.perf_counter()
+    try:
+        meta = {"pid_trt_version": __version__, "backbone": str(info["backbone"]), "ckpt": str(info["ckpt"]),
+                "net_definition": str(info["net_definition"]), "weights_sha256": digest, "precision": precision,
+                "t_list": json.dumps(t_lists()[4]), "t_lists": json.dumps(t_lists())}
+        io = graph_io(net)
+        ex = _example(net)
+        graphs: dict[str, Any] = {}
+        with torch.no_grad(), precision_policy(export_net, "fp32" if precision == "fp8" else precision):
+            plan = ([("model", SingleGraph(export_net), (ex["x"], ex["t"], ex["y"], ex["lq_latent"], ex["degrade_sigma"]),
+                      "single")] if single else [])
+            if not single:
+                feats = CondGraph(export_net)(ex["lq_latent"])
+                plan = [("cond", CondGraph(export_net), (ex["lq_latent"],), "cond"),
+                        ("denoise", DenoiseGraph(export_net), (ex["x"], ex["t"], ex["y"], ex["degrade_sigma"], *feats),
+                         "denoise")]
+            for name, module, args, kind in plan:
+                log(f"exporting {name}.onnx ({precision}) ...")
+                spec = io[kind]
+                names = ([i["name"] for i in spec["inputs"]], [o["name"] for o in spec["outputs"]])
+                path = tmp / f"{name}.onnx"
+                stats = _export_graph(module, args, names, _dynamic_shapes(net, kind), path, {**meta, "graph": name})
+                dtypes, large = stats.pop("dtypes"), stats.pop("large")
+                spec = {side: [{**t, "dtype": dtypes.get(t["name"], t["dtype"])} for t in spec[side]]
+                        for side in ("inputs", "outputs")}
+                graphs[name] = {"file": path.name, "external_data": path.name + ".data" if large else None,
+                                **spec, **stats}
+        if precision == "fp8":
+            from pid_trt.export.fp8 import quantize_fp8
+
+            for name in graphs:
+                if name != "cond":
+                    graphs[name]["fp8"] = quantize_fp8(tmp / graphs[name]["file"], net, calibration, log=log)
+        for g in graphs.values():
+            g["sha256"] = _file_sha256(tmp / g["file"])
+        cfg = net.config
+        manifest = {
+            "format": "pid-trt-onnx", "format_version": 1, "pid_trt_version": __version__,
+            "backbone": info["backbone"], "ckpt": info["ckpt"], "net_definition": info["net_definition"],
+            "net_config": cfg, "precision": precision,
+            "weights": {"source": info["weights_source"], "sha256": digest},
+            "latent": {"channels": cfg["lq_latent_channels"], "down_factor": cfg["latent_spatial_down_factor"],
+                       "sr_scale": cfg["sr_scale"]},
+            "text": {"max_length": cfg["txt_max_length"], "embed_dim": cfg["txt_embed_dim"]},
+            "sampler": {"kind": "distilled", "timescale": 1000.0, "default_steps": 4,
+                        "t_lists": {str(k): v for k, v in t_lists().items()}},
+            "opset": OPSET, "graphs": graphs, "export_seconds": round(time.perf_counter() - t0, 1),
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_manifest(onnx_dir: str | pathlib.Path) -> dict[str, Any]:
+    p = pathlib.Path(onnx_dir) / "manifest.json"
+    if not p.is_file():
+        raise PiDInputError(f"{onnx_dir} is not a pid-trt ONNX directory (no manifest.json); create one with "
+                            "`pid-trt export`")
+    try:
+        manifest = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise PiDInputError(f"{p} is not valid JSON ({e})") from None
+    if manifest.get("format") != "pid-trt-onnx":
+        raise PiDInputError(f"{p} is not a pid-trt ONNX manifest")
+    return manifest

@@ -1,0 +1,178 @@
+"""PiDDecoder: what users call. Loads a backend, checks inputs, runs the sampler loop (once, for every backend),
+with per-sample seeded noise and, on CUDA, the whole decode replayed from a CUDA graph."""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Callable, Sequence
+
+import torch
+
+from pid_trt import teacher
+from pid_trt.errors import PiDInputError
+from pid_trt.runtime.backends import BACKENDS, OnnxRuntimeBackend, TorchBackend, tensorrt_available
+from pid_trt.sampler import check_inputs, noise_draws, student_loop, to_uint8
+
+
+def _kind(source: pathlib.Path) -> str:
+    if source.is_dir():
+        if (source / "manifest.json").is_file():
+            return "onnx"
+        for sidecar in source.glob("*.json"):
+            try:
+                if json.loads(sidecar.read_text()).get("format") == "pid-trt-engine":
+                    return "engines"
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                continue
+        raise PiDInputError(f"{source} holds neither an ONNX export (manifest.json) nor engines (*.json sidecars)")
+    if source.is_file():
+        return "checkpoint"
+    raise PiDInputError(f"{source} does not exist")
+
+
+class PiDDecoder:
+    """Decode latents with any backend: `PiDDecoder.load(source).decode(lq_latent, caption_embedding)`."""
+
+    def __init__(self, backend, *, entry=None, cuda_graph: bool = True):
+        self.backend = backend
+        self.entry = entry  # registry entry when known (sampler type, size warnings)
+        self.cuda_graph = cuda_graph and getattr(backend, "graph_safe", False)
+        self._graphs: dict[tuple, Any] = {}
+
+    # -- loading ------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, source: str | pathlib.Path, backend: str | None = None, device: str | None = None, *,
+             backbone: str | None = None, ckpt: str | None = None, precision: str = "fp32",
+             compile: bool = False, cuda_graph: bool = True) -> "PiDDecoder":
+        """`source`: an engine directory (tensorrt), an ONNX directory (onnxruntime) or a checkpoint file (torch,
+        needs backbone/ckpt). `backend` overrides the choice where the source allows it."""
+        from pid_trt.registry import resolve
+
+        source = pathlib.Path(source)
+        kind = _kind(source)
+        if backend is not None and backend not in BACKENDS:
+            raise PiDInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        entry = resolve(backbone, ckpt or "2k") if backbone else None
+        if kind == "checkpoint":
+            if entry is None:
+                raise PiDInputError("a checkpoint needs --backbone and --ckpt to know its net")
+            if backend not in (None, "torch"):
+                raise PiDInputError(f"a checkpoint runs on the torch backend; export it for {backend}")
+            from pid_trt.checkpoint import load_net
+
+            return cls(TorchBackend(load_net(source, entry.net.config), device, precision, compile), entry=entry,
+                       cuda_graph=cuda_graph)
+        if kind == "onnx":
+            if backend not in (None, "onnxruntime"):
+                raise PiDInputError(f"{source} is an ONNX export: use --backend onnxruntime or build engines")
+            be = OnnxRuntimeBackend(source, device)
+            m = be.manifest
+            if entry is None and m.get("backbone"):
+                entry = resolve(m["backbone"], m["ckpt"])
+            return cls(be, entry=entry, cuda_graph=False)
+        if backend not in (None, "tensorrt"):
+            raise PiDInputError(f"{source} holds TensorRT engines: use --backend tensorrt")
+        from pid_trt.runtime.tensorrt import TensorRTBackend
+
+        be = TensorRTBackend.from_engine_dir(source, backbone=backbone, ckpt=ckpt, precision=None)
+        if entry is None:
+            entry = resolve(be.sidecar["backbone"], be.sidecar["ckpt"])
+        return cls(be, entry=entry, cuda_graph=cuda_graph)
+
+    @classmethod
+    def from_net(cls, net, device: str | None = None, precision: str = "fp32", compile: bool = False,
+                 cuda_graph: bool = True, entry=None) -> "PiDDecoder":
+        return cls(TorchBackend(net, device, precision, compile), entry=entry, cuda_graph=cuda_graph)
+
+    @property
+    def net_config(self) -> dict[str, Any]:
+        return self.backend.net_config
+
+    @property
+    def sampler(self) -> str:
+        return getattr(self.entry, "sampler", "student") if self.entry else "student"
+
+    # -- decoding -----------------------------------------------------------------------------------------
+    def noise_for(self, batch_shape: tuple[int, int, int, int], steps: int, seed: int,
+                  indices: Sequence[int] | None = None, draws: int | None = None) -> list[torch.Tensor]:
+        """Gaussian draws in upstream's order, sample i from its own generator seeded seed + its global index
+        (default 0..B-1): batching and world size never change an image."""
+        b = batch_shape[0]
+        indices = range(b) if indices is None else indices
+        if len(indices) != b:
+            raise PiDInputError(f"{len(indices)} global indices for a batch of {b}")
+        n = noise_draws(steps) if draws is None else draws
+        dev = self.backend.device
+        per_sample = []
+        for i in indices:
+            g = torch.Generator(device=dev).manual_seed(seed + i)
+            per_sample.append([torch.randn((1, *batch_shape[1:]), generator=g, device=dev) for _ in range(n)])
+        return [torch.cat([s[k] for s in per_sample]) for k in range(n)]
+
+    def decode(self, lq_latent: torch.Tensor, caption_embedding: torch.Tensor, degrade_sigma=0.0, *,
+               seed: int = 0, noise: Sequence[torch.Tensor] | None = None, steps: int | None = None,
+               output: str = "float", indices: Sequence[int] | None = None, round_bf16: bool = True,
+               cfg: float | None = None, negative_embedding: torch.Tensor | None = None, shift: float | None = None,
+               on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """Images [B,3,H,W]: float in [-1, 1] (`output="float"`) or uint8 with upstream's truncation ("uint8").
+
+        `noise`: tensors in upstream's draw order (initial, then each re-noise); otherwise drawn per sample from
+        generators seeded `seed + index`, with `indices` the samples' global indices (default 0..B-1). Latent and caption are rounded to bf16 first, as upstream's
+        callers do (`round_bf16=False` to feed them as given).
+        """
+        if output not in ("float", "uint8"):
+            raise PiDInputError(f"output must be 'float' or 'uint8', got {output!r}")
+        dev = self.backend.device
+        z = lq_latent.to(dev, torch.float32)
+        y = caption_embedding.to(dev, torch.float32)
+        neg = None if negative_embedding is None else negative_embedding.to(dev, torch.float32)
+        if round_bf16:
+            z, y = z.bfloat16().float(), y.bfloat16().float()
+            neg = None if neg is None else neg.bfloat16().float()
+        warn = self.entry.size_warning if self.entry is not None else None
+        sigma, (hh, ww) = check_inputs(self.net_config, z, y, degrade_sigma, size_warning=warn)
+        shape = (z.shape[0], 3, hh, ww)
+        teacher_mode = self.sampler == "teacher"
+        if teacher_mode:
+            steps = steps or self.entry.default_steps
+            cfg = self.entry.default_cfg if cfg is None else cfg
+            draws = 1
+        else:
+            if cfg not in (None, 1.0) or neg is not None or shift is not None:
+                raise PiDInputError("cfg, negative embedding and shift apply to the undistilled teacher checkpoints only")
+            steps = steps or 4
+            draws = noise_draws(steps)
+        if noise is None:
+            noise = self.noise_for(shape, steps, seed, indices, draws)
+        noise = [n.to(dev, torch.float32) for n in noise]
+        if len(noise) < draws or any(tuple(n.shape) != shape for n in noise[:draws]):
+            raise PiDInputError(f"noise must be {draws} tensors of shape {list(shape)} for {steps} steps")
+
+        if teacher_mode:
+            ts = teacher.time_grid(steps, teacher.resolve_shift(hh, ww, shift, self.entry.dynamic_shift,
+                                                                self.entry.shift))
+            neg = teacher.check_guidance(y, neg, cfg)
+
+            def run(z, y, sigma, noise, neg):
+                feats = self.backend.cond(z, hh, ww)
+                if cfg != 1.0:
+                    feats = list(teacher.cfg_batch(*feats))
+
+                def denoise(x, t, y_in, s_in):
+                    return self.backend.denoise(x, t, y_in, s_in, feats)
+
+                return teacher.teacher_sample(denoise, noise[0], ts, y, sigma, neg, cfg, on_step)
+        else:
+            def run(z, y, sigma, noise, neg):
+                feats = self.backend.cond(z, hh, ww)
+                return student_loop(lambda x, t: self.backend.denoise(x, t, y, sigma, feats), steps,
+                                    lambda k: noise[k], on_step)
+
+        if self.cuda_graph and dev.type == "cuda" and on_step is None:
+            from pid_trt.runtime.cuda_graphs import replay
+
+            key = (tuple(z.shape), tuple(y.shape), steps, teacher_mode, cfg, shift, neg is None)
+            image = replay(self._graphs, key, run, (z, y, sigma, noise[:draws], neg))
+        else:
+            image = run(z, y, sigma, noise[:draws], neg)
+        return to_uint8(image) if output == "uint8" else image
