@@ -10,6 +10,13 @@ from typing import Any
 import torch
 
 
+def umask() -> int:
+    """The process umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | pathlib.Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see a half-written file."""
     path = pathlib.Path(path)
@@ -18,6 +25,7 @@ def atomic_write_bytes(path: str | pathlib.Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; published files get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

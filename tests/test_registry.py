@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 import pid_trt
 from pid_trt import registry

@@ -5,6 +5,7 @@ Every expected failure is a `PiDError`; it is printed as one line on stderr and 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -35,6 +36,11 @@ def _register() -> None:
             cli.add_command(mod.command)
 
 
+def _warn(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 def main() -> None:
+    warnings.showwarning = _warn  # one line per warning, no source location
     _register()
     cli(prog_name="pid-trt")

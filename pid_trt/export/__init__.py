@@ -21,7 +21,7 @@ from pid_trt import __version__
 from pid_trt.errors import PiDInputError
 from pid_trt.export.graphs import (CondGraph, DenoiseGraph, SingleGraph, export_view, feature_names,
                                    precision_policy)
-from pid_trt.images import atomic_write_json
+from pid_trt.images import atomic_write_json, umask
 from pid_trt.model import PiDNet
 from pid_trt.registry import match_net_definition, resolve
 from pid_trt.sampler import t_lists
@@ -85,8 +85,12 @@ def _dynamic_shapes(net: PiDNet, which: str) -> dict[str, dict[int, Any]]:
 
 
 def _export_graph(module: torch.nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic_shapes,
-                  path: pathlib.Path, meta: dict[str, str]) -> dict[str, int]:
-    """torch.export → ONNX (dynamo, opset 20) → onnxslim → metadata → save (external data above 2 GB)."""
+                  path: pathlib.Path, meta: dict[str, str]) -> dict[str, Any]:
+    """torch.export → ONNX (dynamo, opset 20) → onnxslim → metadata → save.
+
+    Graphs whose weights exceed 1 GB keep their weights in `<file>.data` (protobuf's limit is 2 GB) and skip
+    onnxslim, which would hold a second copy in memory (the dynamo exporter has already folded constants).
+    """
     import onnx
     import onnxslim
 
@@ -94,24 +98,22 @@ def _export_graph(module: torch.nn.Module, args: tuple, names: tuple[list[str], 
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=names[0],
                                  output_names=names[1], dynamic_shapes=dynamic_shapes, verbose=False)
-    tmp = path.with_suffix(".raw.onnx")
-    prog.save(str(tmp), external_data=True)
+    prog.save(str(path), external_data=True)  # writes <file> + <file>.data
     del prog
-    model = onnx.load(str(tmp))
+    data = path.with_name(path.name + ".data")
+    large = data.exists() and data.stat().st_size > _TWO_GB // 2
+    model = onnx.load(str(path), load_external_data=not large)
     nodes_before = len(model.graph.node)
-    model = onnxslim.slim(model)
-    nodes_after = len(model.graph.node)
+    if not large:
+        model = onnxslim.slim(model)
+        data.unlink(missing_ok=True)
     for key, value in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    large = sum(t.ByteSize() for t in model.graph.initializer) > _TWO_GB // 2
-    data_name = path.name + ".data"
-    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024)
-    for f in path.parent.glob(tmp.name + "*"):
-        f.unlink()
+    onnx.save_model(model, str(path))  # large: the tensors still point at <file>.data
     dtypes = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
               for v in list(model.graph.input) + list(model.graph.output)}
-    return {"nodes_before_slim": nodes_before, "nodes_after_slim": nodes_after, "large": large, "dtypes": dtypes}
+    return {"nodes_before_slim": nodes_before, "nodes_after_slim": len(model.graph.node), "large": large,
+            "dtypes": dtypes}
 
 
 def weights_digest(net: PiDNet) -> str:
@@ -165,7 +167,8 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
     if precision not in PRECISIONS:
         raise PiDInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     out = pathlib.Path(out_dir)
-    if net is None:
+    owned = net is None
+    if owned:
         net, info = build_net(backbone=backbone, ckpt=ckpt, net_config=net_config, checkpoint=checkpoint)
     else:
         info = {"backbone": backbone, "ckpt": ckpt, "net_definition": match_net_definition(net.config),
@@ -174,8 +177,10 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
         log("WARNING: no --checkpoint given: exporting RANDOM weights of the official shape "
             "(fine for engine and performance work, useless for images)")
     digest = weights_digest(net)
-    export_net = export_view(copy.deepcopy(net).eval())
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    # the export view swaps tables and, for fp16/bf16, casts weights: never on the caller's net
+    export_net = export_view(net if owned else copy.deepcopy(net)).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     t0 = time.perf_counter()
     try:
         meta = {"pid_trt_version": __version__, "backbone": str(info["backbone"]), "ckpt": str(info["ckpt"]),
@@ -227,6 +232,7 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
         atomic_write_json(tmp / "manifest.json", manifest)
         if out.exists():
             shutil.rmtree(out)
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,6 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pid_trt.model import PiDNet, Tables, timestep_freqs

@@ -10,7 +10,7 @@ import torch
 
 from pid_trt import teacher
 from pid_trt.errors import PiDInputError
-from pid_trt.runtime.backends import BACKENDS, OnnxRuntimeBackend, TorchBackend, tensorrt_available
+from pid_trt.runtime.backends import BACKENDS, OnnxRuntimeBackend, TorchBackend
 from pid_trt.sampler import check_inputs, noise_draws, student_loop, to_uint8
 
 
