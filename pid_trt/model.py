@@ -106,6 +106,19 @@ def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_config_file(path) -> dict[str, Any]:
+    """A `--net-config` file: a JSON object of upstream PidNet keyword arguments."""
+    import json
+
+    try:
+        cfg = json.loads(open(path).read())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--net-config {path} is not a readable JSON file: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"--net-config {path} must hold a JSON object of PidNet keyword arguments")
+    return cfg
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Position and timestep tables
 

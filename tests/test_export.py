@@ -157,3 +157,24 @@ def test_cli_export_custom_config_and_errors(tmp_path):
     res = runner.invoke(cli, ["export", "--net-config", str(bad), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "enable_ed" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_inspect_shows_onnx_metadata(exports):
+    _, out = exports("V1-16")
+    _register()
+    res = CliRunner().invoke(cli, ["inspect", str(out / "denoise.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "weights_sha256" in res.output and "opset" in res.output and "precision: fp32" in res.output
+    res = CliRunner().invoke(cli, ["inspect", str(out)])
+    assert res.exit_code == 0 and "denoise:" in res.output
+
+
+def test_cli_exports_text_encoder(tmp_path):
+    from tests.conftest import data_file
+
+    gemma = data_file("text", "tiny_gemma2")
+    _register()
+    res = CliRunner().invoke(cli, ["export", "--component", "text", "--text-encoder", str(gemma),
+                                   "--out", str(tmp_path / "text")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "text" / "text_encoder.onnx").is_file()

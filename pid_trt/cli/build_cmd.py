@@ -1,7 +1,6 @@
 """`pid-trt build`: export (if needed) and build the cond + denoise TensorRT engines of one net."""
 from __future__ import annotations
 
-import json
 import pathlib
 
 import click
@@ -9,7 +8,7 @@ import click
 from pid_trt.engines import trt
 from pid_trt.engines.build import DEFAULT_ENGINE_DIR, PRECISIONS, describe_plan, detect_local, make_plan, run_build
 from pid_trt.engines.profiles import parse_batch, parse_size
-from pid_trt.errors import ConfigError
+from pid_trt.model import read_config_file
 
 
 @click.command("build")
@@ -55,12 +54,4 @@ def command(backbone, ckpt, precision, onnx_dir, shapes, dynamic, batch, engine_
 
 
 def _read_net_config(path: pathlib.Path | None) -> dict | None:
-    if path is None:
-        return None
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--net-config {path} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"--net-config {path} must hold a JSON object of PidNet keyword arguments")
-    return cfg
+    return None if path is None else read_config_file(path)

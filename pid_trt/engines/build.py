@@ -69,13 +69,10 @@ _MANIFEST_FIELDS = (("net_config",), ("precision",), ("weights", "sha256"), ("sa
 
 def read_manifest(onnx_dir: pathlib.Path) -> dict[str, Any]:
     """The ONNX directory's manifest.json, with the fields a build needs checked."""
+    from pid_trt.export import read_manifest as read_onnx_manifest
+
     path = onnx_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{onnx_dir} is not a pid-trt ONNX directory ({e}); create one with pid-trt export") from None
-    if manifest.get("format") != "pid-trt-onnx":
-        raise ConfigError(f"{path} is not a pid-trt ONNX manifest (format {manifest.get('format')!r})")
+    manifest = read_onnx_manifest(onnx_dir)
     for keys in _MANIFEST_FIELDS:
         node = manifest
         for key in keys:
