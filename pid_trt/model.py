@@ -131,11 +131,14 @@ def timestep_freqs(dim: int = 256, max_period: float = 10.0, device=None) -> tor
     independent; upstream's golden tables differ from that correctly rounded value only at k = 48 of the
     official (256, 10) sinusoid, which we reproduce, because 1 ulp there moves outputs by ~1e-4.
     """
-    return _timestep_freqs(dim, max_period).to(device)
+    return _timestep_freqs(dim, max_period, str(torch.device(device or "cpu")))
 
 
 @functools.lru_cache(maxsize=None)
-def _timestep_freqs(dim: int, max_period: float) -> torch.Tensor:
+def _timestep_freqs(dim: int, max_period: float, device: str = "cpu") -> torch.Tensor:
+    # cached per device: no host-to-device copy per call, so a CUDA-graph capture never sees one
+    if device != "cpu":
+        return _timestep_freqs(dim, max_period).to(device)
     half = dim // 2
     exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device="cpu") / half
     freqs = torch.exp(exponent.double()).float()

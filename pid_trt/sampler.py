@@ -107,7 +107,8 @@ def _draw(noise: Sequence[torch.Tensor] | None, k: int, shape, generator, device
     return torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
 
 
-def _autocast(precision: str, device: torch.device):
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast like upstream's inference for precision "bf16", else nothing."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -149,11 +150,11 @@ def sample(net, lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma, steps: 
         raise PiDInputError("cfg, negative_y and shift apply to sampler='teacher' only; "
                             "the distilled student has no guidance and no shift")
     shape = (lq_latent.shape[0], 3, hh, ww)
-    with _autocast(precision, device):
+    with autocast(precision, device):
         feats = net.condition(lq_latent, hh, ww)
 
     def denoise(x, t_net):
-        with _autocast(precision, device):
+        with autocast(precision, device):
             return net.denoise(x, t_net, y, sigma, feats)
 
     return student_loop(denoise, 4 if steps is None else steps,
@@ -194,13 +195,13 @@ def _sample_teacher(net, lq_latent: torch.Tensor, y: torch.Tensor, sigma: torch.
     ts = teacher.time_grid(steps, teacher.resolve_shift(*size_hw, shift))
     teacher.check_guidance(y, negative_y, cfg)  # fail before computing the latent features
     device = lq_latent.device
-    with _autocast(precision, device):
+    with autocast(precision, device):
         feats = net.condition(lq_latent, *size_hw)
     if cfg != 1.0:
         feats = list(teacher.cfg_batch(*feats))  # one call covers [uncond; cond]
 
     def denoise(x, t_net, y_in, sigma_in):
-        with _autocast(precision, device):
+        with autocast(precision, device):
             return net.denoise(x, t_net, y_in, sigma_in, feats)
 
     return teacher.teacher_sample(denoise, x_init, ts, y, sigma, negative_y, cfg, on_step)

@@ -12,4 +12,5 @@ if command -v cmake >/dev/null && command -v nvcc >/dev/null; then
 else
   echo "cmake or nvcc not found: skipping the C++ runtime build and its ctest suite"
 fi
-.venv/bin/python -m pytest -q -ra "$@"
+# two workers, one per core; --dist loadfile keeps each module (and its shared ONNX exports) on one worker
+.venv/bin/python -m pytest -q -ra -n 2 --dist loadfile "$@"

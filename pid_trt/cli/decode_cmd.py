@@ -11,7 +11,7 @@ import torch
 from pid_trt.errors import PiDInputError
 
 
-def _load_safetensors(path: pathlib.Path, what: str) -> dict[str, torch.Tensor]:
+def load_safetensors(path: pathlib.Path, what: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
@@ -30,7 +30,7 @@ def read_latents(source: pathlib.Path, sigma: float | None) -> list[tuple[torch.
         raise PiDInputError(f"no *.safetensors files in {source}")
     samples = []
     for f in files:
-        data = _load_safetensors(f, "latents")
+        data = load_safetensors(f, "latents")
         if "lq_latent" not in data:
             raise PiDInputError(f"{f} has no 'lq_latent' tensor (found: {', '.join(data) or 'nothing'})")
         z = data["lq_latent"]
@@ -107,14 +107,14 @@ def command(backbone, ckpt, engine_dir, onnx_dir, checkpoint, latents, caption_e
 
         y_all = CaptionEncoder.from_pretrained(text_encoder).encode_cached([caption], EmbeddingCache())
     else:
-        y_all = _load_safetensors(caption_embedding, "caption embedding").get("y")
+        y_all = load_safetensors(caption_embedding, "caption embedding").get("y")
         if y_all is None:
             raise PiDInputError(f"{caption_embedding} has no 'y' tensor")
     if y_all.dim() != 3 or y_all.shape[0] not in (1, len(samples)):
         raise PiDInputError(f"caption embedding y must be [1 or {len(samples)}, L, D], got {list(y_all.shape)}")
     neg = None
     if negative_embedding is not None:
-        neg = _load_safetensors(negative_embedding, "negative embedding").get("y")
+        neg = load_safetensors(negative_embedding, "negative embedding").get("y")
 
     dec = PiDDecoder.load(sources[0], backend, device, backbone=backbone, ckpt=ckpt, precision=precision,
                           cuda_graph=not no_cuda_graph)

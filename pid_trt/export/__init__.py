@@ -39,7 +39,9 @@ def _dims():
 
 
 def _example(net: PiDNet, batch: int = 2, lat_hw: tuple[int, int] = (2, 3), text_len: int = 5):
+    """Trace inputs: batch 2 and a non-square grid so that no dimension is specialised to 1 or made equal."""
     cfg = net.config
+    text_len = max(2, min(text_len, cfg["txt_max_length"]))
     k = net.pixels_per_latent
     g = torch.Generator().manual_seed(0)
     z = torch.randn(batch, cfg["lq_latent_channels"], *lat_hw, generator=g)

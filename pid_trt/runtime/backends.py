@@ -6,7 +6,6 @@ A backend computes the per-decode latent features (`cond`) and one denoiser eval
 """
 from __future__ import annotations
 
-import contextlib
 import pathlib
 from typing import Any, Protocol
 
@@ -15,6 +14,7 @@ import torch
 
 from pid_trt.errors import MissingDependencyError, PiDInputError
 from pid_trt.model import PiDNet
+from pid_trt.sampler import autocast
 
 
 class Backend(Protocol):
@@ -43,19 +43,14 @@ class TorchBackend:
         self.graph_safe = self.device.type == "cuda" and not compile
         self._denoise = torch.compile(net.denoise, dynamic=False) if compile else net.denoise
 
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     @torch.no_grad()
     def cond(self, lq_latent, height, width):
-        with self._autocast():
+        with autocast(self.precision, self.device):
             return self.net.condition(lq_latent, height, width)
 
     @torch.no_grad()
     def denoise(self, x, t, y, sigma, feats):
-        with self._autocast():
+        with autocast(self.precision, self.device):
             return self._denoise(x, t, y, sigma, feats)
 
 

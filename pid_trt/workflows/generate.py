@@ -1,0 +1,191 @@
+"""Text → diffusers LDM → PiD, as upstream's `from_ldm` (pid-sampler.md §2.2, §3, §4, §5; pid-upstream-cli.md).
+
+For each prompt (global index i) the pipeline runs at the PiD size / sr_scale with a generator seeded seed + i,
+x_t is captured after each requested scheduler step K (σ = `scheduler.sigmas[K]`), and every capture plus the
+final x0 is decoded by PiD (seed + i) and by the pipeline's own VAE. Files follow upstream's layout:
+
+    <out>/<tag>/step_<label>/<i:08d>.<fmt>          PiD
+    <out>/vae_decode/step_<label>/<i:08d>.<fmt>     native VAE decode, at the LDM size
+    <out>/compare/<i:08d>.<fmt>                     top row VAE (bicubic-upsampled), bottom row PiD, one column per label
+
+with labels "{K:02d}xt" (ascending) and "x0".
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from pid_trt.errors import MissingDependencyError, PiDInputError
+from pid_trt.images import save_image
+from pid_trt.latents import canonical_backbone, from_pipeline_output
+from pid_trt.runtime import PiDDecoder
+from pid_trt.sampler import to_uint8
+from pid_trt.workflows.common import Captions, caption_row, check_captions, resize, side_by_side
+
+# The diffusers pipeline class each backbone's LDM is (pid-sampler.md §3).
+PIPELINE_CLASSES = {
+    "flux": "FluxPipeline", "flux2": "Flux2Pipeline", "flux2-klein-4b": "Flux2KleinPipeline",
+    "flux2-klein-9b": "Flux2KleinPipeline", "zimage": "ZImagePipeline", "zimage-turbo": "ZImagePipeline",
+    "sd3": "StableDiffusion3Pipeline", "sdxl": "StableDiffusionXLPipeline", "qwenimage": "QwenImagePipeline",
+    "qwenimage-2512": "QwenImagePipeline",
+}
+# upstream's per-backbone LDM steps and guidance defaults (pid-upstream-cli.md)
+LDM_DEFAULTS = {"flux": (28, 3.5), "sd3": (28, 4.0), "sdxl": (30, 7.5), "flux2": (50, 4.0),
+                "flux2-klein-4b": (4, 1.0), "flux2-klein-9b": (4, 1.0), "qwenimage": (50, 4.0),
+                "qwenimage-2512": (50, 4.0), "zimage": (50, 5.0), "zimage-turbo": (9, 0.0)}
+_LONG_PROMPTS = {"max_sequence_length": 512}
+EXTRA_KWARGS = {"flux": _LONG_PROMPTS, "flux2": _LONG_PROMPTS, "flux2-klein-4b": _LONG_PROMPTS,
+                "flux2-klein-9b": _LONG_PROMPTS, "zimage": _LONG_PROMPTS, "zimage-turbo": _LONG_PROMPTS,
+                "qwenimage": {**_LONG_PROMPTS, "true_cfg_scale": 4.0, "negative_prompt": " "},
+                "qwenimage-2512": {**_LONG_PROMPTS, "true_cfg_scale": 4.0, "negative_prompt": " "}}
+DEFAULT_RESOLUTION = (2048, 2048)
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """"N", "WxH" or "W,H" (width first) → (W, H)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        size = [int(p) for p in parts]
+    except ValueError:
+        size = []
+    if len(size) not in (1, 2) or min(size) <= 0:
+        raise PiDInputError(f"--resolution must be N, WxH or W,H (width first), got {text!r}")
+    return (size[0], size[-1])
+
+
+def ldm_size(backbone: str, resolution: tuple[int, int], sr_scale: int) -> tuple[int, int]:
+    """The LDM's (W, H) for a final PiD size: resolution / sr_scale, on the pipeline's size grid."""
+    name = canonical_backbone(backbone)
+    width, height = resolution
+    multiple = 8 if name == "sdxl" else 16  # diffusers' packed/patched pipelines need multiples of 16
+    if width % (sr_scale * multiple) or height % (sr_scale * multiple):
+        raise PiDInputError(f"PiD cannot produce {width}x{height} for {name}: width and height must be multiples "
+                            f"of {sr_scale * multiple} (the LDM runs at size / {sr_scale} on a {multiple}-px grid)")
+    return width // sr_scale, height // sr_scale
+
+
+def ldm_settings(backbone: str, steps: int | None, guidance_scale: float | None,
+                 save_xt_steps: Sequence[int] = ()) -> tuple[int, float]:
+    """(LDM steps, guidance) with upstream's per-backbone defaults; every capture K must lie in [1, steps]."""
+    default_steps, default_guidance = LDM_DEFAULTS[canonical_backbone(backbone)]
+    steps = steps or default_steps
+    bad = [k for k in save_xt_steps if not 1 <= k <= steps]
+    if bad:
+        raise PiDInputError(f"--save-xt-steps must lie in [1, {steps}] (LDM steps), got {bad}")
+    return steps, default_guidance if guidance_scale is None else guidance_scale
+
+
+def load_pipeline(model_dir: str | pathlib.Path, backbone: str, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> Any:
+    """The backbone's diffusers pipeline from a local directory (model_index.json); never downloads."""
+    name = canonical_backbone(backbone)
+    model_dir = pathlib.Path(model_dir)
+    index = model_dir / "model_index.json"
+    if not index.is_file():
+        raise PiDInputError(f"{model_dir} is not a diffusers pipeline directory (no model_index.json)")
+    found = json.loads(index.read_text()).get("_class_name")
+    if found != PIPELINE_CLASSES[name]:
+        raise PiDInputError(f"{model_dir} holds a {found}, but --backbone {name} needs a {PIPELINE_CLASSES[name]}")
+    try:
+        import diffusers
+    except ImportError:
+        raise MissingDependencyError('generate needs diffusers: pip install "pid-trt[diffusers]"') from None
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    try:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, torch_dtype=dtype)
+    except (OSError, ValueError, TypeError) as e:
+        raise PiDInputError(f"could not load the pipeline in {model_dir}: {str(e).splitlines()[0][:160]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def run_ldm(pipeline: Any, backbone: str, prompt: str, *, width: int, height: int, steps: int,
+            guidance_scale: float, seed: int, save_xt_steps: Sequence[int] = (),
+            **pipeline_kwargs: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """Run the LDM once; → {label: (lq_latent [1, C, h, w], degrade_sigma [1], scheduler σ)} for each capture
+    ("{K:02d}xt", ascending) and "x0"."""
+    name = canonical_backbone(backbone)
+    captured: dict[int, torch.Tensor] = {}
+    wanted = set(save_xt_steps)
+
+    def capture(pipe, step_index, timestep, callback_kwargs):
+        if step_index + 1 in wanted:  # after K scheduler steps; clone, as .cpu() of a CPU tensor aliases it
+            captured[step_index + 1] = callback_kwargs["latents"].detach().clone()
+        return callback_kwargs
+
+    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
+    kwargs = {**EXTRA_KWARGS.get(name, {}), **pipeline_kwargs}
+    final = pipeline(prompt=prompt, height=height, width=width, num_inference_steps=steps,
+                     guidance_scale=guidance_scale, generator=generator, output_type="latent",
+                     callback_on_step_end=capture, callback_on_step_end_tensor_inputs=["latents"], **kwargs).images
+    sigmas = pipeline.scheduler.sigmas  # the schedule of this run (dynamic shifts depend on the size)
+    out = {}
+    for k in sorted(wanted):
+        lq, sigma = from_pipeline_output(name, captured[k], pipeline, step=k, height=height, width=width)
+        out[f"{k:02d}xt"] = (lq, sigma, float(sigmas[k]))
+    lq, sigma = from_pipeline_output(name, final, pipeline, height=height, width=width)
+    out["x0"] = (lq, sigma, float(sigmas[-1]))
+    return out
+
+
+def generate(pipeline: Any, decoder: PiDDecoder, prompts: Sequence[str], captions: Captions, *, backbone: str,
+             out_dir: str | pathlib.Path, tag: str, resolution: tuple[int, int] = DEFAULT_RESOLUTION,
+             ldm_steps: int | None = None, guidance_scale: float | None = None, save_xt_steps: Sequence[int] = (),
+             seed: int = 0, indices: Sequence[int] | None = None, fmt: str = "jpg", pid_steps: int | None = None,
+             cfg: float | None = None, negative_embedding: torch.Tensor | None = None,
+             progress: bool = True) -> list[dict[str, Any]]:
+    """Generate prompts[i] for each global index i in `indices` (default all) and write upstream's layout under
+    `out_dir`; returns one record per prompt (paths relative to `out_dir`, σ values, timings).
+
+    `resolution` is the final PiD (W, H); the LDM runs at it / sr_scale. `captions`: PiD caption embeddings by
+    global index (see `Captions`). `tag` names the PiD folder (`common.output_tag`). Seeds: seed + i for both the
+    LDM generator and PiD's noise, so outputs do not depend on how prompts are split across ranks.
+    """
+    from tqdm import tqdm
+
+    name = canonical_backbone(backbone)
+    ldm_steps, guidance_scale = ldm_settings(name, ldm_steps, guidance_scale, save_xt_steps)
+    width, height = ldm_size(name, resolution, decoder.net_config["sr_scale"])
+    indices = range(len(prompts)) if indices is None else indices
+    check_captions(captions, len(prompts))
+    out_dir = pathlib.Path(out_dir)
+    records = []
+    for i in tqdm(indices, desc="generate", unit="prompt", disable=None if progress else True):
+        t0 = time.perf_counter()
+        results = run_ldm(pipeline, name, prompts[i], width=width, height=height, steps=ldm_steps,
+                          guidance_scale=guidance_scale, seed=seed + i, save_xt_steps=save_xt_steps)
+        record = {"index": i, "prompt": prompts[i], "seed": seed + i, "ldm_size_wxh": [width, height],
+                  "ldm_steps": ldm_steps, "guidance_scale": guidance_scale, "ldm_seconds": round(time.perf_counter() - t0, 4), "steps": {}}
+        y = caption_row(captions, i)
+        row_vae, row_pid = [], []
+        for label, (lq, sigma, scheduler_sigma) in results.items():
+            t0 = time.perf_counter()
+            image = decoder.decode(lq, y, sigma, seed=seed, indices=[i], steps=pid_steps, cfg=cfg,
+                                   negative_embedding=negative_embedding)
+            step = {"sigma": float(sigma[0]), "scheduler_sigma": scheduler_sigma,
+                    "pid_seconds": round(time.perf_counter() - t0, 4)}
+            pid_u8 = to_uint8(image)[0]
+            path = out_dir / tag / f"step_{label}" / f"{i:08d}.{fmt}"
+            save_image(pid_u8, path)
+            step["image"] = str(path.relative_to(out_dir))
+            row_pid.append(pid_u8)
+            if getattr(pipeline, "vae", None) is not None:
+                from pid_trt.vae import baseline_decode
+
+                base = baseline_decode(name, pipeline.vae, lq)
+                path = out_dir / "vae_decode" / f"step_{label}" / f"{i:08d}.{fmt}"
+                save_image(to_uint8(base)[0], path)
+                step["baseline"] = str(path.relative_to(out_dir))
+                row_vae.append(to_uint8(resize(base, *image.shape[-2:]))[0])
+            record["steps"][label] = step
+        path = out_dir / "compare" / f"{i:08d}.{fmt}"
+        save_image(side_by_side([r for r in (row_vae, row_pid) if r]), path)
+        record["compare"] = str(path.relative_to(out_dir))
+        records.append(record)
+    return records
