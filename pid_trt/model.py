@@ -6,7 +6,6 @@ position tables live in `Tables` so the ONNX exporter can swap in shape-generic 
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -130,24 +129,30 @@ def timestep_freqs(dim: int = 256, max_period: float = 10.0, device=None) -> tor
     We take the fp32 exponent as upstream forms it, evaluate exp in fp64 and round once, which is machine
     independent; upstream's golden tables differ from that correctly rounded value only at k = 48 of the
     official (256, 10) sinusoid, which we reproduce, because 1 ulp there moves outputs by ~1e-4.
+    The official table is a constant computed at import (graph tracing sees a constant, never the ops), and
+    copies are kept per device so a CUDA-graph capture never sees a host-to-device copy.
     """
-    return _timestep_freqs(dim, max_period, str(torch.device(device or "cpu")))
+    device = torch.device(device or "cpu")
+    if (dim, max_period) != (256, 10.0):
+        return _freqs(dim, max_period).to(device)
+    if device.type == "cpu":
+        return _OFFICIAL_FREQS
+    if device not in _OFFICIAL_FREQS_ON:
+        _OFFICIAL_FREQS_ON[device] = _OFFICIAL_FREQS.to(device)
+    return _OFFICIAL_FREQS_ON[device]
 
 
-@functools.lru_cache(maxsize=None)
-def _timestep_freqs(dim: int, max_period: float, device: str = "cpu") -> torch.Tensor:
-    # cached per device: no host-to-device copy per call, so a CUDA-graph capture never sees one
-    if device != "cpu":
-        return _timestep_freqs(dim, max_period).to(device)
+def _freqs(dim: int, max_period: float) -> torch.Tensor:
     half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device="cpu") / half
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32) / half
     freqs = torch.exp(exponent.double()).float()
     if (dim, max_period) == (256, 10.0):
         freqs[48] = torch.nextafter(freqs[48], freqs.new_tensor(1.0))
     return freqs
 
 
-_timestep_freqs(256, 10.0)  # computed at import, so graph tracing sees a constant
+_OFFICIAL_FREQS = _freqs(256, 10.0)
+_OFFICIAL_FREQS_ON: dict[torch.device, torch.Tensor] = {}
 
 
 class Tables:

@@ -47,9 +47,11 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def upstream_tag(backbone: str | None, experiment: str | None, cfg: float, steps: int) -> str:
-    """Upstream's output folder name: <backbone>_<ckptdir>_model_ema_bf16.pth_cfg<cfg>_steps<N>_reg."""
-    return f"{backbone or 'custom'}_{experiment or 'custom'}_model_ema_bf16.pth_cfg{cfg}_steps{steps}_reg"
+def upstream_tag(backbone: str | None, experiment: str | None, cfg: float, steps: int,
+                 shift: float | None = None) -> str:
+    """Upstream's output folder name: <backbone>_<ckptdir>_model_ema_bf16.pth_cfg<cfg>_steps<N>[_shift<s>]_reg."""
+    extra = f"_shift{shift}" if shift is not None else ""
+    return f"{backbone or 'custom'}_{experiment or 'custom'}_model_ema_bf16.pth_cfg{cfg}_steps{steps}{extra}_reg"
 
 
 @click.command("decode")
@@ -132,7 +134,7 @@ def command(backbone, ckpt, engine_dir, onnx_dir, checkpoint, latents, caption_e
     rank, world_size = world()
     mine = list(range(rank, len(samples), world_size))
     tag = upstream_tag(dec.entry.backbone if dec.entry else None, dec.entry.experiment if dec.entry else None,
-                       cfg_used, steps)
+                       cfg_used, steps, shift)
     items = []
     bar = tqdm(total=len(mine), desc=f"decode (rank {rank}/{world_size})" if world_size > 1 else "decode",
                unit="img", disable=None)

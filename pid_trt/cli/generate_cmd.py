@@ -27,6 +27,7 @@ def decoder_options(f: Callable) -> Callable:
         click.option("--negative-embedding", type=PATH, help="Teacher checkpoints: y of the negative prompt."),
         click.option("--steps", "pid_steps", type=int, default=None, help="PiD steps [default: 4; teachers 25]."),
         click.option("--cfg", type=float, default=None, help="Teacher checkpoints: PiD guidance [default 5]."),
+        click.option("--shift", type=float, default=None, help="Teacher checkpoints: time shift [default: dynamic]."),
         click.option("--backend", type=click.Choice(["tensorrt", "onnxruntime", "torch"]), default=None),
         click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda when available]."),
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
@@ -136,12 +137,12 @@ def command(model_dir, prompt, prompt_file, resolution, ldm_steps, guidance_scal
     torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
     pipe = load_pipeline(model_dir, opts["backbone"], dec.backend.device, torch_dtype)
     steps, cfg = pid_settings(dec, opts["pid_steps"], opts["cfg"])
-    tag = output_tag(opts["backbone"], dec, steps, cfg)
+    tag = output_tag(opts["backbone"], dec, steps, cfg, opts["shift"])
     out_dir = out_dir or pathlib.Path("results/official_demo") / opts["backbone"]
     records = generate(pipe, dec, prompts, captions, backbone=opts["backbone"], out_dir=out_dir, tag=tag,
                        resolution=size, ldm_steps=ldm_steps, guidance_scale=guidance_scale,
                        save_xt_steps=sorted(set(save_xt_steps)), seed=seed, indices=indices, fmt=opts["fmt"],
-                       pid_steps=steps, cfg=opts["cfg"], negative_embedding=negative)
+                       pid_steps=steps, cfg=opts["cfg"], shift=opts["shift"], negative_embedding=negative)
     summary = {"backbone": opts["backbone"], "model_dir": str(model_dir), "pipeline": type(pipe).__name__,
                "backend": dec.backend.name, "device": str(dec.backend.device), "ckpt": getattr(dec.entry, "ckpt", None),
                "sampler": dec.sampler, "pid_steps": steps, "cfg": cfg, "tag": tag, "resolution_wxh": list(size),

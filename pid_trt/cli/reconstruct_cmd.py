@@ -38,11 +38,11 @@ def command(vae_dir, image, manifest, caption, sigmas, seed, out_dir, **opts) ->
     captions, negative = load_captions(opts, [s.caption for s in samples], indices, dec.sampler == "teacher")
     vae = load_vae(vae_dir, device=dec.backend.device)
     steps, cfg = pid_settings(dec, opts["pid_steps"], opts["cfg"])
-    tag = output_tag(opts["backbone"], dec, steps, cfg)
+    tag = output_tag(opts["backbone"], dec, steps, cfg, opts["shift"])
     out_dir = out_dir or pathlib.Path("results/official_demo_from_clean") / opts["backbone"]
     records = reconstruct(vae, dec, samples, captions, backbone=opts["backbone"], out_dir=out_dir, tag=tag,
                           sigmas=sigmas, seed=seed, indices=indices, fmt=opts["fmt"], pid_steps=steps,
-                          cfg=opts["cfg"], negative_embedding=negative)
+                          cfg=opts["cfg"], shift=opts["shift"], negative_embedding=negative)
     means = mean_metrics(records)
     summary = {"backbone": opts["backbone"], "vae": str(vae_dir), "backend": dec.backend.name,
                "device": str(dec.backend.device), "ckpt": getattr(dec.entry, "ckpt", None), "sampler": dec.sampler,

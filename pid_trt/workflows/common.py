@@ -47,11 +47,11 @@ def pid_settings(decoder: PiDDecoder, steps: int | None, cfg: float | None) -> t
     return steps or 4, 1.0
 
 
-def output_tag(backbone: str, decoder: PiDDecoder, steps: int, cfg: float) -> str:
+def output_tag(backbone: str, decoder: PiDDecoder, steps: int, cfg: float, shift: float | None = None) -> str:
     """Upstream's folder name for PiD outputs (`<backbone>_<experiment>_model_ema_bf16.pth_cfg.._steps.._reg`)."""
     from pid_trt.cli.decode_cmd import upstream_tag
 
-    return upstream_tag(backbone, decoder.entry.experiment if decoder.entry else None, cfg, steps)
+    return upstream_tag(backbone, decoder.entry.experiment if decoder.entry else None, cfg, steps, shift)
 
 
 def caption_row(captions: Captions, index: int) -> torch.Tensor:

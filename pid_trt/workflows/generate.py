@@ -138,7 +138,8 @@ def generate(pipeline: Any, decoder: PiDDecoder, prompts: Sequence[str], caption
              out_dir: str | pathlib.Path, tag: str, resolution: tuple[int, int] = DEFAULT_RESOLUTION,
              ldm_steps: int | None = None, guidance_scale: float | None = None, save_xt_steps: Sequence[int] = (),
              seed: int = 0, indices: Sequence[int] | None = None, fmt: str = "jpg", pid_steps: int | None = None,
-             cfg: float | None = None, negative_embedding: torch.Tensor | None = None,
+             cfg: float | None = None, shift: float | None = None,
+             negative_embedding: torch.Tensor | None = None,
              progress: bool = True) -> list[dict[str, Any]]:
     """Generate prompts[i] for each global index i in `indices` (default all) and write upstream's layout under
     `out_dir`; returns one record per prompt (paths relative to `out_dir`, σ values, timings).
@@ -166,7 +167,7 @@ def generate(pipeline: Any, decoder: PiDDecoder, prompts: Sequence[str], caption
         row_vae, row_pid = [], []
         for label, (lq, sigma, scheduler_sigma) in results.items():
             t0 = time.perf_counter()
-            image = decoder.decode(lq, y, sigma, seed=seed, indices=[i], steps=pid_steps, cfg=cfg,
+            image = decoder.decode(lq, y, sigma, seed=seed, indices=[i], steps=pid_steps, cfg=cfg, shift=shift,
                                    negative_embedding=negative_embedding)
             step = {"sigma": float(sigma[0]), "scheduler_sigma": scheduler_sigma,
                     "pid_seconds": round(time.perf_counter() - t0, 4)}

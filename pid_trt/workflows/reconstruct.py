@@ -142,7 +142,8 @@ def _scores(decoded: torch.Tensor, reference01: torch.Tensor, clean_latent: torc
 def reconstruct(vae: Any, decoder: PiDDecoder, samples: Sequence[Sample], captions: Captions, *, backbone: str,
                 out_dir: str | pathlib.Path, tag: str, sigmas: Sequence[float] = (0.0,), seed: int = DEFAULT_SEED,
                 indices: Sequence[int] | None = None, fmt: str = "jpg", pid_steps: int | None = None,
-                cfg: float | None = None, negative_embedding: torch.Tensor | None = None,
+                cfg: float | None = None, shift: float | None = None,
+                negative_embedding: torch.Tensor | None = None,
                 progress: bool = True) -> list[dict[str, Any]]:
     """Reconstruct samples[i] for each global index i in `indices` (default all) at every σ in `sigmas`, write
     upstream's layout under `out_dir` and return one record per sample (paths relative to `out_dir`, metrics)."""
@@ -168,7 +169,7 @@ def reconstruct(vae: Any, decoder: PiDDecoder, samples: Sequence[Sample], captio
         for sigma in sigmas:
             lq = add_noise(name, clean, sigma, seed + i).bfloat16().float()  # upstream rounds to bf16 here
             t0 = time.perf_counter()
-            pid = decoder.decode(lq, y, sigma, seed=seed, indices=[i], steps=pid_steps, cfg=cfg,
+            pid = decoder.decode(lq, y, sigma, seed=seed, indices=[i], steps=pid_steps, cfg=cfg, shift=shift,
                                  negative_embedding=negative_embedding)
             seconds = time.perf_counter() - t0
             base = baseline_decode(name, vae, lq)

@@ -132,3 +132,18 @@ def test_cli_generate_errors(flux_dir, tmp_path, change, message):
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_generate_with_teacher_checkpoint(flux_dir, tmp_path):
+    """Teacher checkpoints take --cfg/--steps/--shift; the shift is part of upstream's folder tag."""
+    out = tmp_path / "teacher"
+    args = _cli_args(flux_dir, tmp_path, out)
+    args[args.index("--ckpt") + 1] = "2kto4k_v1pt5_teacher"
+    args[args.index("--steps") + 1] = "2"
+    args += ["--cfg", "1.0", "--shift", "3.0"]
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tag"] == ("flux_PiD_v1pt5_res2kto4k_sr4x_official_flux_undistilled_model_ema_bf16.pth"
+                              "_cfg1.0_steps2_shift3.0_reg")
+    assert (out / summary["tag"] / "step_x0" / "00000000.png").is_file()
