@@ -5,7 +5,8 @@ import pathlib
 
 import click
 
-from pid_trt.cli.parity_cmd import Sources, parse_size, source_options
+from pid_trt.cli.parity_cmd import Sources, source_options
+from pid_trt.engines.profiles import parse_size
 
 
 @click.command("bench")

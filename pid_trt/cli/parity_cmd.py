@@ -13,19 +13,9 @@ from typing import Any
 import click
 import torch
 
+from pid_trt.engines.profiles import parse_size
 from pid_trt.errors import PiDInputError
 from pid_trt.tiny import DEFAULT_STRUCTURE
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """"256x384" → (256, 384), width × height."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise PiDInputError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 256x384") from None
-    if w <= 0 or h <= 0:
-        raise PiDInputError(f"size {text!r} must be positive")
-    return w, h
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:

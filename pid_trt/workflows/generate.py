@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pid_trt.engines.profiles import parse_size
 from pid_trt.errors import MissingDependencyError, PiDInputError
 from pid_trt.images import save_image
 from pid_trt.latents import canonical_backbone, from_pipeline_output
@@ -48,14 +49,12 @@ DEFAULT_RESOLUTION = (2048, 2048)
 
 def parse_resolution(text: str) -> tuple[int, int]:
     """"N", "WxH" or "W,H" (width first) → (W, H)."""
-    parts = text.lower().replace(",", "x").split("x")
+    if text.strip().isdigit() and int(text) > 0:
+        return int(text), int(text)
     try:
-        size = [int(p) for p in parts]
-    except ValueError:
-        size = []
-    if len(size) not in (1, 2) or min(size) <= 0:
-        raise PiDInputError(f"--resolution must be N, WxH or W,H (width first), got {text!r}")
-    return (size[0], size[-1])
+        return parse_size(text.replace(",", "x"))
+    except PiDInputError:
+        raise PiDInputError(f"--resolution must be N, WxH or W,H (width first), got {text!r}") from None
 
 
 def ldm_size(backbone: str, resolution: tuple[int, int], sr_scale: int) -> tuple[int, int]:

@@ -55,7 +55,7 @@ def read_manifest(path: str | pathlib.Path, caption: str | None = None) -> list[
     if not path.is_file():
         raise PiDInputError(f"manifest {path} does not exist")
     samples = []
-    for n, line in enumerate(l for l in path.read_text().splitlines() if l.strip()):
+    for n, line in enumerate(text for text in path.read_text().splitlines() if text.strip()):
         try:
             row = json.loads(line)
             image = pathlib.Path(row["image"])
