@@ -11,6 +11,8 @@ so the conversion also works with `pipeline=None`.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -192,12 +194,14 @@ def from_pipeline_output(
     sigma = 0.0 if sigmas is None and step is None else sigma_for_step(_required(sigmas, "sigmas", name), step)
 
     if name in _PACKED_2X2:
-        lq = unpack_flux(_rank(latents, 3, name), *_size(height, width, name), vae_scale_factor)
+        tokens = _rank(latents, 3, name)
+        lq = unpack_flux(tokens, *_size(height, width, name, tokens, vae_scale_factor), vae_scale_factor)
     elif name in _KLEIN and step is None and latents.dim() == 4:
         stats = bn_stats or BatchNormStats.from_pipeline(pipeline)
         lq = _bn_normalise(patchify(_even_grid(latents, name)), stats)
     elif name in _BN_NORMALISED:
-        lq = unpack_flux2(_rank(latents, 3, name), *_size(height, width, name), vae_scale_factor)
+        tokens = _rank(latents, 3, name)
+        lq = unpack_flux2(tokens, *_size(height, width, name, tokens, vae_scale_factor), vae_scale_factor)
     else:
         lq = _rank(latents, 4, name)
         if name == "sdxl" and step is not None:
@@ -276,10 +280,17 @@ def _required(value: Any, what: str, name: str) -> Any:
     return value
 
 
-def _size(height: int | None, width: int | None, name: str) -> tuple[int, int]:
-    if height is None or width is None:
-        raise PiDInputError(f"{name} latents are packed tokens; pass height= and width= (the LDM image size in px)")
-    return int(height), int(width)
+def _size(height: int | None, width: int | None, name: str, tokens: torch.Tensor,
+          vae_scale_factor: int) -> tuple[int, int]:
+    """The LDM image size of packed tokens: as given, or square when the token count is a perfect square
+    (each token covers 2×2 latent pixels, i.e. 2·vae_scale_factor image pixels a side)."""
+    if height is not None and width is not None:
+        return int(height), int(width)
+    side = math.isqrt(tokens.shape[1])
+    if height is None and width is None and side * side == tokens.shape[1]:
+        return (side * 2 * vae_scale_factor,) * 2
+    raise PiDInputError(f"{name} latents are packed tokens of a non-square image; pass height= and width= "
+                        "(the LDM image size in px)")
 
 
 def _rank(latents: torch.Tensor, rank: int, name: str) -> torch.Tensor:

@@ -153,3 +153,12 @@ def test_tiny_pipeline_end_to_end(backbone, dtype_name):
         torch.testing.assert_close(lq, last, **({} if dtype == torch.float32 else dict(rtol=0.016, atol=0.04)))
     if backbone == "zimage":  # Z-Image keeps fp32 latents in a bf16 pipeline: x0 stays fp32, captures are cast
         assert lq.dtype == torch.float32 and last.dtype == dtype
+
+
+def test_square_packed_latents_need_no_size():
+    tokens = torch.randn(1, 16, 64)  # flux: a 4x4 grid of 2x2-packed tokens = an 8x8 latent of a 64x64 image
+    lq, _ = L.from_pipeline_output("flux", tokens, sigmas=torch.tensor([1.0, 0.0]))
+    assert lq.shape == (1, 16, 8, 8)
+    assert torch.equal(lq, L.unpack_flux(tokens, 64, 64))
+    with pytest.raises(PiDInputError, match="non-square"):
+        L.from_pipeline_output("flux", torch.randn(1, 24, 64), sigmas=torch.tensor([1.0, 0.0]))

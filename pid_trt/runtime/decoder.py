@@ -74,7 +74,8 @@ class PiDDecoder:
             raise PiDInputError(f"{source} holds TensorRT engines: use --backend tensorrt")
         from pid_trt.runtime.tensorrt import TensorRTBackend
 
-        be = TensorRTBackend.from_engine_dir(source, backbone=backbone, ckpt=ckpt, precision=None)
+        engine_precision = None if precision == "fp32" else precision  # fp32 is also the torch default
+        be = TensorRTBackend.from_engine_dir(source, backbone=backbone, ckpt=ckpt, precision=engine_precision)
         if entry is None:
             entry = resolve(be.sidecar["backbone"], be.sidecar["ckpt"])
         return cls(be, entry=entry, cuda_graph=cuda_graph)

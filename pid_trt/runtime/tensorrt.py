@@ -78,19 +78,25 @@ class TensorRTBackend:
     @classmethod
     def from_engine_dir(cls, engine_dir: pathlib.Path, *, backbone: str | None, ckpt: str | None,
                         precision: str | None) -> "TensorRTBackend":
+        """The usable engine in `engine_dir` for backbone/ckpt/precision; any of them may be left out when the
+        directory's finished engines leave only one choice."""
         from pid_trt.engines.build import detect_local
-        from pid_trt.engines.store import EngineStore, find_engine
+        from pid_trt.engines.store import EngineStore, canonical_names, find_engine
 
+        finished = [e.sidecar for e in EngineStore(engine_dir).scan() if e.sidecar is not None]
+        if backbone is not None:
+            want = canonical_names(backbone, ckpt or "2k")
+            finished = [s for s in finished if (s["backbone"], s["ckpt"]) == want]
+        choices = sorted({(s["backbone"], s["ckpt"], s["precision"]) for s in finished
+                          if precision in (None, s["precision"])})
+        if len(choices) != 1:
+            found = ", ".join(" ".join(c) for c in choices) or "none"
+            raise PiDInputError(f"{engine_dir}: {len(choices)} matching engine sets ({found}); "
+                                "pass --backbone/--ckpt (and the precision) to choose one")
+        backbone, ckpt, precision = choices[0]
         trt_version, gpu = detect_local()
-        cc = gpu.compute_capability if gpu else None
-        if backbone is None:
-            finished = [e for e in EngineStore(engine_dir).scan() if e.sidecar is not None]
-            if len(finished) != 1:
-                raise PiDInputError(f"{engine_dir} holds {len(finished)} finished engines; pass --backbone/--ckpt")
-            backbone, ckpt = finished[0].sidecar["backbone"], finished[0].sidecar["ckpt"]
-            precision = precision or finished[0].sidecar["precision"]
-        lookup = find_engine(engine_dir, backbone, ckpt or "2k", precision or "bf16", trt_version=trt_version,
-                             compute_capability=cc)
+        lookup = find_engine(engine_dir, backbone, ckpt, precision, trt_version=trt_version,
+                             compute_capability=gpu.compute_capability if gpu else None)
         return cls(lookup.require())
 
     def _profile(self, batch: int, height: int, width: int) -> int:
