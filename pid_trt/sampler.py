@@ -35,6 +35,13 @@ def t_list(steps: int = 4) -> list[float]:
     return [STUDENT_T_LIST[round(i * last / steps)] for i in range(steps + 1)]
 
 
+def warn_repeated_timesteps(steps: int) -> None:
+    """More than 4 student steps only repeat timesteps of the 4-step distilled schedule (upstream's own mapping)."""
+    if steps > 4:
+        warnings.warn(f"{steps} steps repeat timesteps of the 4-step distilled schedule ({t_list(steps)}); "
+                      "quality does not improve over 4 steps", stacklevel=3)
+
+
 def t_lists() -> dict[int, list[float]]:
     """t-lists for N = 1..8, as written into ONNX manifests and engine sidecars."""
     return {n: t_list(n) for n in range(1, MAX_STEPS + 1)}
@@ -157,7 +164,9 @@ def sample(net, lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma, steps: 
         with autocast(precision, device):
             return net.denoise(x, t_net, y, sigma, feats)
 
-    return student_loop(denoise, 4 if steps is None else steps,
+    steps = 4 if steps is None else steps
+    warn_repeated_timesteps(steps)
+    return student_loop(denoise, steps,
                         lambda k: _draw(noise, k, shape, generator, device), on_step)
 
 

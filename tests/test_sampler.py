@@ -88,3 +88,9 @@ def test_requested_size_must_match_latent(tiny):
         pid_trt.sample(net, d["lq_latent"], d["y"], d["degrade_sigma"], steps=1, size=(100, 100))
     out = pid_trt.sample(net, d["lq_latent"], d["y"], 0.4, steps=1, size=(96, 160))
     assert out.shape == (1, 3, 160, 96)
+
+
+def test_more_than_four_steps_warn(tiny):
+    net, d = tiny
+    with pytest.warns(UserWarning, match="repeat timesteps"):
+        pid_trt.sample(net, d["lq_latent"], d["y"], d["degrade_sigma"], steps=5)

@@ -11,7 +11,7 @@ import torch
 from pid_trt import teacher
 from pid_trt.errors import PiDInputError
 from pid_trt.runtime.backends import BACKENDS, OnnxRuntimeBackend, TorchBackend
-from pid_trt.sampler import check_inputs, noise_draws, student_loop, to_uint8
+from pid_trt.sampler import check_inputs, noise_draws, student_loop, to_uint8, warn_repeated_timesteps
 
 
 def _kind(source: pathlib.Path) -> str:
@@ -118,8 +118,9 @@ class PiDDecoder:
         """Images [B,3,H,W]: float in [-1, 1] (`output="float"`) or uint8 with upstream's truncation ("uint8").
 
         `noise`: tensors in upstream's draw order (initial, then each re-noise); otherwise drawn per sample from
-        generators seeded `seed + index`, with `indices` the samples' global indices (default 0..B-1). Latent and caption are rounded to bf16 first, as upstream's
-        callers do (`round_bf16=False` to feed them as given).
+        generators seeded `seed + index`, with `indices` the samples' global indices (default 0..B-1).
+        Latent and caption are rounded to bf16 first, as upstream's callers do (`round_bf16=False`: as given).
+        Teacher checkpoints take `cfg`, `negative_embedding` (the negative prompt's y) and `shift`.
         """
         if output not in ("float", "uint8"):
             raise PiDInputError(f"output must be 'float' or 'uint8', got {output!r}")
@@ -140,8 +141,10 @@ class PiDDecoder:
             draws = 1
         else:
             if cfg not in (None, 1.0) or neg is not None or shift is not None:
-                raise PiDInputError("cfg, negative embedding and shift apply to the undistilled teacher checkpoints only")
+                raise PiDInputError("cfg, negative embedding and shift apply to the undistilled teacher "
+                                    "checkpoints only")
             steps = steps or 4
+            warn_repeated_timesteps(steps)
             draws = noise_draws(steps)
         if noise is None:
             noise = self.noise_for(shape, steps, seed, indices, draws)
