@@ -22,9 +22,10 @@ from collections.abc import Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from pid_trt.errors import MissingDependencyError, PiDInputError
+from pid_trt.images import atomic_write_bytes
 
 # The prefix PiD was trained with (configs/pid/*/shared_config.py); joined with "\n" and prepended verbatim.
 CHI_PROMPT: str = "\n".join(
@@ -83,15 +84,8 @@ def default_cache_dir() -> pathlib.Path:
 def save_safetensors_atomic(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
 ) -> None:
-    """Write a safetensors file via a temporary sibling + os.replace, so readers never see a partial file."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        pathlib.Path(tmp).unlink(missing_ok=True)
+    """Write a safetensors file atomically (readers never see a partial file)."""
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
 class EmbeddingCache:
