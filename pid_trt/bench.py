@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pid_trt.config import NetConfig
+
 # -- FLOP model ----------------------------------------------------------------------------------------------
 
 
@@ -30,9 +32,7 @@ def denoise_flops(net_config: dict[str, Any], height: int, width: int, text_len:
     Norms, activations, RoPE and the sampler are left out (elementwise, well under 1 %). Counted the way
     torch.utils.flop_counter counts matmuls and SDPA, which the unit test checks it against.
     """
-    from pid_trt.model import resolve_config
-
-    c = resolve_config(net_config)
+    c = NetConfig.from_dict(net_config)
     b, p = batch, c["patch_size"]
     d, pd, a, pp = c["hidden_size"], c["pixel_hidden_size"], c["pixel_attn_hidden_size"], p * p
     tokens = (height // p) * (width // p)
@@ -57,9 +57,7 @@ def denoise_flops(net_config: dict[str, Any], height: int, width: int, text_len:
 
 def cond_flops(net_config: dict[str, Any], height: int, width: int, batch: int = 1) -> int:
     """FLOPs of the per-decode latent projection (convolutions at patch-grid size and the feature heads)."""
-    from pid_trt.model import resolve_config
-
-    c = resolve_config(net_config)
+    c = NetConfig.from_dict(net_config)
     grid = batch * (height // c["patch_size"]) * (width // c["patch_size"])
     hq, c_in = c["lq_hidden_dim"], c["lq_latent_channels"] // c["lq_latent_unpatchify_factor"] ** 2
     convs = 2 * grid * 9 * (c_in * hq + hq * hq * (1 + 2 * c["lq_num_res_blocks"]))
@@ -139,27 +137,28 @@ def bench_inputs(net_config: dict[str, Any], size: tuple[int, int], batch: int, 
     """A random latent for output W×H, a caption embedding (default: the net's full text length) and σ."""
     from pid_trt.errors import PiDInputError
 
-    k = net_config["latent_spatial_down_factor"] * net_config["sr_scale"]
+    net_config = NetConfig.from_dict(net_config)
+    k = net_config.pixels_per_latent
     w, h = size
     if w % k or h % k:
         raise PiDInputError(f"size {w}x{h} is not a multiple of {k} (pixels per latent pixel of this net)")
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, net_config["lq_latent_channels"], h // k, w // k, generator=g)
-    y = torch.randn(batch, text_len or net_config["txt_max_length"], net_config["txt_embed_dim"], generator=g)
+    z = torch.randn(batch, net_config.lq_latent_channels, h // k, w // k, generator=g)
+    y = torch.randn(batch, text_len or net_config.text_limit, net_config.txt_embed_dim, generator=g)
     return z, y, torch.full((batch,), 0.25)
 
 
 def bench_decoder(decoder, size: tuple[int, int], batch: int = 1, steps: int = 4, warmup: int = 2, iters: int = 10,
                   text_len: int | None = None) -> dict[str, Any]:
     """Latency of `decoder.decode` for W×H `size` and `batch`: p50/p90/mean ms, images/s, peak memory, TFLOP/s."""
-    cfg = decoder.net_config
-    z, y, sigma = bench_inputs(cfg, size, batch, text_len)
+    net_config = decoder.net_config
+    z, y, sigma = bench_inputs(net_config, size, batch, text_len)
     device = decoder.backend.device
     z, y, sigma = z.to(device), y.to(device), sigma.to(device)
     with peak_memory(device) as mem:
         times = time_ms(lambda: decoder.decode(z, y, sigma, steps=steps), device, warmup, iters)
     p50 = percentile(times, 50)
-    flops = decode_flops(cfg, size[1], size[0], y.shape[1], steps, batch)
+    flops = decode_flops(net_config, size[1], size[0], y.shape[1], steps, batch)
     return {"backend": decoder.backend.name, "device": str(device), "size": f"{size[0]}x{size[1]}", "batch": batch,
             "steps": steps, "warmup": warmup, "iters": iters, "p50_ms": p50, "p90_ms": percentile(times, 90),
             "mean_ms": statistics.fmean(times), "images_per_s": 1e3 * batch / p50, "tflops": flops / p50 / 1e9,

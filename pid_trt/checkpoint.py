@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from pid_trt.config import NET_DEFINITIONS, match_net_definition
 from pid_trt.errors import CheckpointError
 from pid_trt.model import PiDNet
-from pid_trt.registry import NET_DEFINITIONS, experiments_for, match_net_definition
+from pid_trt.registry import experiments_for
 
 _IGNORED_PREFIXES = ("net_ema.", "fake_score.", "discriminator.")
 
@@ -55,9 +57,9 @@ def net_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _expected_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(net_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in PiDNet(cfg).state_dict().items()}
+        return {k: tuple(v.shape) for k, v in PiDNet(net_config).state_dict().items()}
 
 
 def _mismatches(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> list[str]:
@@ -81,27 +83,37 @@ def _suggestion(net_id: str) -> str:
     return f"the file matches net {net_id} ({' or '.join(options)})" if options else f"the file matches net {net_id}"
 
 
-def check_state_dict(state: dict[str, torch.Tensor], cfg: dict[str, Any], source: str = "checkpoint") -> None:
-    problems = _mismatches(state, _expected_shapes(cfg))
+def check_state_dict(state: dict[str, torch.Tensor], net_config: Mapping[str, Any],
+                     source: str = "checkpoint") -> None:
+    problems = _mismatches(state, _expected_shapes(net_config))
     if not problems:
         return
     found = identify(state)
     hint = f"; {_suggestion(found)}" if found else ""
     shown = ", ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-    wanted = match_net_definition(cfg)
+    wanted = match_net_definition(net_config)
     raise CheckpointError(f"{source} does not fit net {wanted or 'from the given config'}: {shown}{hint}")
 
 
-def load_net(path: str | pathlib.Path, cfg: dict[str, Any], device: str | torch.device = "cpu",
+def load_net(path: str | pathlib.Path, net_config: Mapping[str, Any], device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32) -> PiDNet:
-    """Build the net for `cfg` and load the checkpoint strictly (weights become `dtype`, fp32 by default)."""
+    """Build the net for `net_config` and load the checkpoint strictly (weights become `dtype`, fp32 by default)."""
     state = net_state_dict(read_tensors(path))
-    check_state_dict(state, cfg, source=str(path))
+    check_state_dict(state, net_config, source=str(path))
     with torch.device("meta"):
-        net = PiDNet(cfg)
+        net = PiDNet(net_config)
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     net.load_state_dict(state, strict=True, assign=True)
     return net.eval()
+
+
+def weights_digest(net: PiDNet) -> str:
+    """sha256 over the net's parameter names and fp32 values: the weights' identity, whatever file they came from."""
+    h = hashlib.sha256()
+    for name, p in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def sha256_file(path: str | pathlib.Path, chunk: int = 1 << 24) -> str:

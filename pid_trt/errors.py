@@ -19,3 +19,7 @@ class ConfigError(PiDError, ValueError):
 
 class MissingDependencyError(PiDError, ImportError):
     """An optional dependency (TensorRT, diffusers, ...) that this operation needs is not installed."""
+
+
+class EngineBuildError(PiDError):
+    """TensorRT rejected the ONNX graph, failed to build an engine, or has no GPU to build on."""

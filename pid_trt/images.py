@@ -1,45 +1,17 @@
-"""Writing decoded images: uint8 [B,3,H,W] → PNG/JPEG files, atomically."""
+"""Images: uint8 [3, H, W] tensors to PNG/JPEG files (atomically), resizing and side-by-side tiles."""
 from __future__ import annotations
 
-import json
-import os
+import io
 import pathlib
-import tempfile
-from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-
-def umask() -> int:
-    """The process umask (os.umask can only be read by setting it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | pathlib.Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see a half-written file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; published files get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | pathlib.Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+from pid_trt.atomic import atomic_write_bytes
 
 
 def save_image(u8: torch.Tensor, path: str | pathlib.Path, quality: int = 95) -> None:
-    """Save one uint8 [3,H,W] image as PNG (lossless) or JPEG (quality 95, like upstream)."""
-    import io
-
+    """Save one uint8 [3,H,W] image as PNG (lossless) or JPEG (quality 95, like upstream) by the file suffix."""
     from PIL import Image
 
     path = pathlib.Path(path)
@@ -48,3 +20,16 @@ def save_image(u8: torch.Tensor, path: str | pathlib.Path, quality: int = 95) ->
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
     img.save(buf, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
     atomic_write_bytes(path, buf.getvalue())
+
+
+def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Float [B, 3, h, w] in [-1, 1] → [B, 3, height, width]: bicubic up (for viewing), area down (for metrics)."""
+    if image.shape[-2:] == (height, width):
+        return image
+    up = height > image.shape[-2]
+    return F.interpolate(image.float(), size=(height, width), mode="bicubic" if up else "area").clamp(-1, 1)
+
+
+def side_by_side(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Tile equally sized uint8 [3, H, W] images: one list per row, left to right."""
+    return torch.cat([torch.cat(row, dim=2) for row in rows], dim=1)

@@ -4,7 +4,7 @@ A diffusers text-to-image pipeline hands over its latent in one of two places: t
 `output_type="latent"`, or an x_t taken in `callback_on_step_end` after K scheduler steps (the callback fires with
 `step_index = K - 1`; clone `callback_kwargs["latents"]`, since `.cpu()` of a CPU tensor is the same tensor).
 `from_pipeline_output` turns either into the [B, C, h, w] latent in the backbone's normalised space and its noise
-level σ, following docs/pid-sampler.md §2.2 and §3 and matching upstream PiD bit for bit.
+level σ, following docs/numerics.md §7 and matching upstream PiD bit for bit.
 
 Every fact the conversion needs can come from the pipeline object or be passed explicitly (explicit values win),
 so the conversion also works with `pipeline=None`.
@@ -12,28 +12,21 @@ so the conversion also works with `pipeline=None`.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
+from pid_trt.config import BACKBONES as ALL_BACKBONES
+from pid_trt.config import RAE_BACKBONES
 from pid_trt.errors import PiDInputError
+from pid_trt.registry import pairs, resolve
 
-# Latent channels PiD expects per backbone (flux2 and klein: the 2x2-patchified 128-channel grid).
-LATENT_CHANNELS = {
-    "flux": 16,
-    "flux2": 128,
-    "flux2-klein-4b": 128,
-    "flux2-klein-9b": 128,
-    "zimage": 16,
-    "zimage-turbo": 16,
-    "sd3": 16,
-    "sdxl": 4,
-    "qwenimage": 16,
-    "qwenimage-2512": 16,
-}
-BACKBONES = tuple(LATENT_CHANNELS)
+# The backbones that are diffusers pipelines, and the latent channels PiD takes for each (FLUX.2 and Klein: the
+# 2x2-patchified 128-channel grid), read off each backbone's official net.
+BACKBONES = tuple(b for b in ALL_BACKBONES if b not in RAE_BACKBONES)
+LATENT_CHANNELS = {b: resolve(b, next(ck for bb, ck in pairs() if bb == b)).net.config.lq_latent_channels
+                   for b in BACKBONES}
 _ALIASES = {"flux2-klein": "flux2-klein-4b"}
 _NOT_DIFFUSERS = {"dinov2": "RAE", "siglip": "Scale-RAE"}
 

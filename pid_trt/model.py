@@ -1,4 +1,4 @@
-"""PiDNet: a clean-room implementation of PiD's pixel-space denoiser (docs: shared pid-net.md).
+"""PiDNet: PiD's pixel-space denoiser, written from its specification (docs/numerics.md §1–§2).
 
 One self-contained file. Parameter names equal upstream's `PidNet`, so official `model_ema_bf16.pth`
 files load after stripping the `net.` prefix. The forward reproduces upstream's fp32 numerics; the
@@ -7,116 +7,14 @@ position tables live in `Tables` so the ONNX exporter can swap in shape-generic 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pid_trt.errors import ConfigError
-
-# Every keyword argument of upstream's PidNet that appears in an official or golden config, with the value
-# that the official V1-16 net uses (our default when a key is left out).
-DEFAULT_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "num_groups": 24,
-    "hidden_size": 1536,
-    "pixel_hidden_size": 16,
-    "pixel_attn_hidden_size": 1152,
-    "pixel_num_groups": 16,
-    "patch_depth": 14,
-    "pixel_depth": 2,
-    "num_text_blocks": 4,
-    "patch_size": 16,
-    "txt_embed_dim": 2304,
-    "txt_max_length": 300,
-    "use_text_rope": True,
-    "text_rope_theta": 10000.0,
-    "rope_mode": "ntk_aware",
-    "rope_ref_h": 1024,
-    "rope_ref_w": 1024,
-    "repa_encoder_index": 6,
-    "enable_ed": False,
-    "ed_compress_ratio": 1,
-    "ed_depth_per_stage": 1,
-    "ed_window_size": 2,
-    "ed_num_heads": None,
-    "ed_hidden_size": None,
-    "ed_use_token_shuffle": True,
-    "lq_inject_mode": "controlnet",
-    "lq_in_channels": 0,
-    "lq_latent_channels": 16,
-    "lq_hidden_dim": 512,
-    "lq_num_res_blocks": 4,
-    "lq_latent_unpatchify_factor": 1,
-    "lq_aux_rgb_head": False,
-    "lq_aux_rgb_head_latent_block_idx": -1,
-    "lq_conv_padding_mode": "zeros",
-    "lq_gate_type": "sigma_aware_per_token_per_dim",
-    "lq_interval": 2,
-    "zero_init_lq": True,
-    "train_lq_proj_only": False,
-    "sr_scale": 4,
-    "latent_spatial_down_factor": 8,
-    "pit_lq_inject": False,
-}
-
-# Values that select code paths no official net uses; we refuse them rather than guess upstream's behaviour.
-_FIXED = {
-    "in_channels": 3,
-    "enable_ed": False,
-    "lq_in_channels": 0,
-    "lq_inject_mode": "controlnet",
-    "rope_mode": "ntk_aware",
-    "use_text_rope": True,
-    "lq_aux_rgb_head_latent_block_idx": -1,
-}
-_CHOICES = {
-    "lq_gate_type": ("sigma_aware_per_token", "sigma_aware_per_token_per_dim"),
-    "lq_conv_padding_mode": ("zeros", "replicate"),
-    "lq_latent_unpatchify_factor": (1, 2),
-}
-
-
-def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Validate a flat dict of upstream PidNet kwargs and fill in the official defaults."""
-    unknown = sorted(set(cfg) - set(DEFAULT_CONFIG))
-    if unknown:
-        raise ConfigError(f"unknown PidNet config key(s) {', '.join(unknown)}; "
-                          f"valid keys: {', '.join(sorted(DEFAULT_CONFIG))}")
-    out = {**DEFAULT_CONFIG, **cfg}
-    for key, value in _FIXED.items():
-        if out[key] != value:
-            raise ConfigError(f"{key}={out[key]!r} selects a path no official PiD net uses "
-                              f"(supported: {value!r})")
-    for key, options in _CHOICES.items():
-        if out[key] not in options:
-            raise ConfigError(f"{key}={out[key]!r} is not supported (choose one of {', '.join(map(repr, options))})")
-    ratio = out["sr_scale"] * out["latent_spatial_down_factor"] / out["lq_latent_unpatchify_factor"] / out["patch_size"]
-    if ratio < 1 or ratio != int(ratio):
-        raise ConfigError(f"latent-to-patch-grid ratio sr_scale*down/unpatchify/patch = {ratio:g} must be an integer >= 1 "
-                          "(every official net has 2, 4 or 8)")
-    if out["hidden_size"] % out["num_groups"] or out["pixel_attn_hidden_size"] % out["pixel_num_groups"]:
-        raise ConfigError("hidden sizes must be divisible by their head counts")
-    if (out["hidden_size"] // out["num_groups"]) % 4 or (out["pixel_attn_hidden_size"] // out["pixel_num_groups"]) % 4:
-        raise ConfigError("attention head dims must be multiples of 4 (2D RoPE interleaves two axes)")
-    if out["lq_hidden_dim"] % 4:
-        raise ConfigError("lq_hidden_dim must be a multiple of 4 (GroupNorm with 4 groups)")
-    return out
-
-
-def read_config_file(path) -> dict[str, Any]:
-    """A `--net-config` file: a JSON object of upstream PidNet keyword arguments."""
-    import json
-
-    try:
-        cfg = json.loads(open(path).read())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--net-config {path} is not a readable JSON file: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"--net-config {path} must hold a JSON object of PidNet keyword arguments")
-    return cfg
-
+from pid_trt.config import NetConfig
 
 # ----------------------------------------------------------------------------------------------------------
 # Position and timestep tables
@@ -419,24 +317,24 @@ class SigmaGate(nn.Module):
 class LatentProjection(nn.Module):
     """Latent → patch-grid features: unpatchify, nearest upsample, conv stack, one head per gate (+ PiT head)."""
 
-    def __init__(self, cfg: dict[str, Any], n_gates: int):
+    def __init__(self, config: NetConfig):
         super().__init__()
-        d, hq = cfg["hidden_size"], cfg["lq_hidden_dim"]
-        pad = cfg["lq_conv_padding_mode"]
-        self.unpatchify = cfg["lq_latent_unpatchify_factor"]
-        c_in = cfg["lq_latent_channels"] // self.unpatchify ** 2
+        d, hq = config.hidden_size, config.lq_hidden_dim
+        pad = config.lq_conv_padding_mode
+        self.unpatchify = config.lq_latent_unpatchify_factor
+        c_in = config.lq_latent_channels // self.unpatchify ** 2
         self.latent_proj = nn.Sequential(
             nn.Conv2d(c_in, hq, 3, padding=1, padding_mode=pad), nn.SiLU(),
             nn.Conv2d(hq, hq, 3, padding=1, padding_mode=pad),
-            *[ResBlock(hq, pad) for _ in range(cfg["lq_num_res_blocks"])],
+            *[ResBlock(hq, pad) for _ in range(config.lq_num_res_blocks)],
         )
-        self.output_heads = nn.ModuleList(nn.Linear(hq, d) for _ in range(n_gates))
-        self.pit_head = nn.Linear(hq, d) if cfg["pit_lq_inject"] else None
+        self.output_heads = nn.ModuleList(nn.Linear(hq, d) for _ in range(config.n_gates))
+        self.pit_head = nn.Linear(hq, d) if config.pit_lq_inject else None
         # training-only auxiliary RGB head: loaded from checkpoints, never used by the denoiser
         self.lq_aux_rgb_head = nn.Sequential(nn.LayerNorm(hq), nn.Linear(hq, hq), nn.SiLU(), nn.Linear(hq, 48)) \
-            if cfg["lq_aux_rgb_head"] else None
-        per_dim = cfg["lq_gate_type"] == "sigma_aware_per_token_per_dim"
-        self.gate_modules = nn.ModuleList(SigmaGate(d, per_dim) for _ in range(n_gates))
+            if config.lq_aux_rgb_head else None
+        per_dim = config.lq_gate_type == "sigma_aware_per_token_per_dim"
+        self.gate_modules = nn.ModuleList(SigmaGate(d, per_dim) for _ in range(config.n_gates))
 
     def features(self, z: torch.Tensor, gh: int, gw: int) -> list[torch.Tensor]:
         """[B, C, h, w] latent → per-gate features [B, L, D] (then the PiT feature, if any)."""
@@ -461,35 +359,35 @@ class PiDNet(nn.Module):
 
     tables = Tables()
 
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, config: NetConfig | Mapping[str, Any]):
         super().__init__()
-        cfg = resolve_config(cfg)
-        self.config = cfg
-        d, p = cfg["hidden_size"], cfg["patch_size"]
-        pd = cfg["pixel_hidden_size"]
-        self.patch_size, self.pd, self.heads = p, pd, cfg["num_groups"]
-        self.txt_max_length = cfg["txt_max_length"]
-        self.lq_interval = cfg["lq_interval"]
-        self.n_gates = math.ceil(cfg["patch_depth"] / cfg["lq_interval"])
+        config = NetConfig.from_dict(config)
+        self.config = config
+        d, p, pd = config.hidden_size, config.patch_size, config.pixel_hidden_size
+        self.patch_size, self.pd, self.heads = p, pd, config.num_groups
+        self.txt_max_length = config.txt_max_length
+        self.lq_interval = config.lq_interval
+        self.n_gates = config.n_gates
 
-        self.y_pos_embedding = nn.Parameter(torch.zeros(1, cfg["txt_max_length"], d))
-        self.pixel_embedder = Embed(cfg["in_channels"], pd)
-        self.s_embedder = Embed(cfg["in_channels"] * p * p, d)
+        self.y_pos_embedding = nn.Parameter(torch.zeros(1, config.txt_max_length, d))
+        self.pixel_embedder = Embed(config.in_channels, pd)
+        self.s_embedder = Embed(config.in_channels * p * p, d)
         self.t_embedder = TimestepEmbed(d)
-        self.y_embedder = TextEmbed(cfg["txt_embed_dim"], d)
-        self.patch_blocks = nn.ModuleList(PatchBlock(d, cfg["num_groups"]) for _ in range(cfg["patch_depth"]))
+        self.y_embedder = TextEmbed(config.txt_embed_dim, d)
+        self.patch_blocks = nn.ModuleList(PatchBlock(d, config.num_groups) for _ in range(config.patch_depth))
         self.pixel_blocks = nn.ModuleList(
-            PixelBlock(d, pd, cfg["pixel_attn_hidden_size"], cfg["pixel_num_groups"], p * p)
-            for _ in range(cfg["pixel_depth"]))
-        self.final_layer = FinalLayer(pd, cfg["in_channels"])
-        self.lq_proj = LatentProjection(cfg, self.n_gates)
-        self.pit_lq_gate = SigmaGate(d, per_dim=False) if cfg["pit_lq_inject"] else None
+            PixelBlock(d, pd, config.pixel_attn_hidden_size, config.pixel_num_groups, p * p)
+            for _ in range(config.pixel_depth))
+        self.final_layer = FinalLayer(pd, config.in_channels)
+        self.lq_proj = LatentProjection(config)
+        self.pit_lq_gate = SigmaGate(d, per_dim=False) if config.pit_lq_inject else None
 
     # -- constructors -------------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "PiDNet":
-        """Build from a flat dict of upstream PidNet keyword arguments (missing keys: official V1 values)."""
-        return cls(dict(cfg))
+    def from_config(cls, config: Mapping[str, Any]) -> "PiDNet":
+        """Build from upstream's flat PidNet keyword arguments (missing keys: official V1-16 values; unknown keys
+        and code paths no official net uses are a ConfigError)."""
+        return cls(config)
 
     @classmethod
     def for_checkpoint(cls, backbone: str, ckpt: str, device: str | torch.device | None = None) -> "PiDNet":
@@ -503,7 +401,7 @@ class PiDNet(nn.Module):
     @property
     def pixels_per_latent(self) -> int:
         """Output pixels per latent pixel (latent down-factor × SR scale)."""
-        return self.config["latent_spatial_down_factor"] * self.config["sr_scale"]
+        return self.config.pixels_per_latent
 
     # -- forward ------------------------------------------------------------------------------------------
     def condition(self, lq_latent: torch.Tensor, height: int, width: int) -> list[torch.Tensor]:
@@ -518,9 +416,8 @@ class PiDNet(nn.Module):
         p, pd = self.patch_size, self.pd
         gh, gw = hh // p, ww // p
         L = gh * gw
-        hd = self.config["hidden_size"] // self.heads
-        phd = self.config["pixel_attn_hidden_size"] // self.config["pixel_num_groups"]
-        ref_h, ref_w = self.config["rope_ref_h"] // p, self.config["rope_ref_w"] // p
+        hd, phd = self.config.head_dim, self.config.pixel_head_dim
+        ref_h, ref_w = self.config.rope_ref_h // p, self.config.rope_ref_w // p
         tab = self.tables
 
         t_emb = self.t_embedder(tab.timestep(t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(-1)))
@@ -533,7 +430,7 @@ class PiDNet(nn.Module):
         s = self.s_embedder(patches)
 
         rope_img = tab.rope_2d(gh, gw, hd, ref_h, ref_w, x.device)
-        rope_txt = tab.rope_1d(y.shape[1], hd, self.config["text_rope_theta"], x.device)
+        rope_txt = tab.rope_1d(y.shape[1], hd, self.config.text_rope_theta, x.device)
         for i, block in enumerate(self.patch_blocks):
             if feats is not None and i % self.lq_interval == 0:
                 k = i // self.lq_interval

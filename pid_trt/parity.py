@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from pid_trt.config import NetConfig
 from pid_trt.errors import PiDInputError
 from pid_trt.model import PiDNet
 from pid_trt.runtime import PiDDecoder
@@ -176,15 +177,16 @@ def make_inputs(net_config: dict[str, Any], noise_for: Callable, *, seed: int = 
     decoder's `noise_for`, so the injected noise is exactly what a seeded decode draws.
     """
     g = torch.Generator().manual_seed(seed)
-    k = net_config["latent_spatial_down_factor"] * net_config["sr_scale"]
+    net_config = NetConfig.from_dict(net_config)
+    k = net_config.pixels_per_latent
     if lq_latent is None:
         w, h = size or (6 * k, 4 * k)
         if w % k or h % k:
             raise PiDInputError(f"--size {w}x{h} is not a multiple of {k} (pixels per latent pixel of this net)")
-        lq_latent = torch.randn(batch, net_config["lq_latent_channels"], h // k, w // k, generator=g)
+        lq_latent = torch.randn(batch, net_config.lq_latent_channels, h // k, w // k, generator=g)
     b = lq_latent.shape[0]
     if y is None:
-        y = torch.randn(1, text_len, net_config["txt_embed_dim"], generator=g)
+        y = torch.randn(1, text_len, net_config.txt_embed_dim, generator=g)
     if y.dim() == 3 and y.shape[0] == 1 and b > 1:
         y = y.expand(b, -1, -1)
     sig = torch.full((b,), sigma) if degrade_sigma is None else degrade_sigma.float().reshape(-1).expand(b)
@@ -207,7 +209,8 @@ def reference_net(net_config: dict[str, Any], weights_sha256: str | None, weight
     3. the export's recorded source: a checkpoint path that exists, or "random" (rebuilt with the exporter's seed).
     The result's sha256 must equal `weights_sha256` (when known), so a wrong reference is refused, not compared.
     """
-    from pid_trt.export import build_net, weights_digest
+    from pid_trt.checkpoint import weights_digest
+    from pid_trt.export import build_net
 
     if checkpoint is not None:
         from pid_trt.checkpoint import load_net
@@ -239,19 +242,6 @@ def backend_precision(backend) -> str:
     if backend.name == "onnxruntime":
         return backend.manifest["precision"]
     return backend.sidecar["precision"]
-
-
-def load_candidate(source: pathlib.Path, backend: str | None, device: str | None, **kwargs) -> PiDDecoder:
-    """`PiDDecoder.load`, with any failure to read the files reported as unusable input (exit 2), not a crash."""
-    from pid_trt.errors import PiDError
-
-    try:
-        return PiDDecoder.load(source, backend, device, **kwargs)
-    except PiDError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- ONNX Runtime, TensorRT and torch.load raise their own types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise PiDInputError(f"cannot load {source}: {first}") from None
 
 
 # -- the run -------------------------------------------------------------------------------------------------

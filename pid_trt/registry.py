@@ -1,46 +1,25 @@
-"""Backbones × checkpoint types → official PiD net definitions, checkpoints and output-size rules.
+"""Backbones × checkpoint types → official PiD net definitions, checkpoints, defaults and trained sizes.
 
-Source: shared pid-net.md §4 and pid-sampler.md §3 (upstream's `checkpoint_registry.py` at HEAD 2c8814c).
+The facts (which experiment each pair loads, trained size grids, 2kto4k → v1.5) are in docs/numerics.md §3.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
+from pid_trt.config import (
+    BACKBONE_ALIASES,
+    BACKBONES,
+    NET_DEFINITIONS,
+    RAE_BACKBONES,
+    STUDENT_STEPS,
+    TEACHER_CFG,
+    TEACHER_STATIC_SHIFT,
+    TEACHER_STEPS,
+    V15_DYNAMIC_SHIFT,
+    NetDefinition,
+)
 from pid_trt.errors import ConfigError
-from pid_trt.model import DEFAULT_CONFIG
-from pid_trt.teacher import TEACHER_CFG, TEACHER_STEPS, V15_DYNAMIC_SHIFT
-
-
-@dataclass(frozen=True)
-class NetDefinition:
-    """One of the 7 distinct official denoiser definitions (pid-net.md §4.2)."""
-
-    id: str
-    overrides: dict[str, Any]
-    params: int
-    tensors: int
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {**DEFAULT_CONFIG, **self.overrides}
-
-
-_V15 = {"rope_ref_h": 2048, "rope_ref_w": 2048, "lq_hidden_dim": 1024, "lq_aux_rgb_head": True,
-        "lq_conv_padding_mode": "replicate", "lq_gate_type": "sigma_aware_per_token", "pit_lq_inject": True}
-
-NET_DEFINITIONS: dict[str, NetDefinition] = {n.id: n for n in [
-    NetDefinition("V1-16", {}, 1_362_348_170, 456),
-    NetDefinition("V1-F2", {"lq_latent_channels": 128, "latent_spatial_down_factor": 16}, 1_362_864_266, 456),
-    NetDefinition("V1-D2", {"lq_latent_channels": 768, "latent_spatial_down_factor": 16}, 1_365_813_386, 456),
-    NetDefinition("V1-SG", {"lq_latent_channels": 1152, "latent_spatial_down_factor": 16, "sr_scale": 8},
-                  1_367_582_858, 456),
-    NetDefinition("V1-XL", {"lq_latent_channels": 4}, 1_362_292_874, 456),
-    NetDefinition("V15-16", dict(_V15), 1_401_300_163, 467),
-    NetDefinition("V15-F2", {**_V15, "lq_latent_channels": 128, "latent_spatial_down_factor": 16,
-                             "lq_latent_unpatchify_factor": 2}, 1_401_447_619, 467),
-]}
 
 TEACHER_CKPT = "2kto4k_v1pt5_teacher"  # the undistilled v1.5 checkpoints (DPM-Solver++ with CFG)
 CKPT_TYPES = ("2k", "2kto4k", "2kto4k_v1pt5", TEACHER_CKPT)
@@ -53,7 +32,7 @@ _CKPT_ALIASES = {"2kto4k-v1pt5": "2kto4k_v1pt5", "v1pt5": "2kto4k_v1pt5", "v1.5"
 # W×H presets of the 2k checkpoints (upstream README and its 2048 table)
 PRESETS_2K = ((2048, 2048), (2304, 1728), (1728, 2304), (2688, 1536), (1536, 2688), (2688, 1792), (1792, 2688))
 
-# The v1.5 multi-resolution training grid, W×H, smallest to largest per aspect (pid-sampler.md §3)
+# The v1.5 multi-resolution training grid, W×H, smallest to largest per aspect
 V15_GRID: dict[str, tuple[tuple[int, int], ...]] = {
     "1:1": ((2048, 2048), (2304, 2304), (2560, 2560), (2816, 2816), (3072, 3072), (3328, 3328), (3584, 3584)),
     "4:3": ((2368, 1792), (2688, 1984), (2944, 2240), (3264, 2432), (3520, 2688), (3840, 2816), (4096, 2816)),
@@ -75,11 +54,11 @@ class Entry:
     net: NetDefinition
     requested_ckpt: str = ""
     note: str = ""
-    shift: float = 6.0
+    shift: float = TEACHER_STATIC_SHIFT
     dynamic_shift: tuple[float, int] | None = None  # (base_shift, base size); teacher-style samplers only
     aliases: tuple[str, ...] = field(default=())
     sampler: str = "student"  # "student": 4-step distilled loop; "teacher": DPM-Solver++ with CFG (pid_trt.teacher)
-    default_steps: int = 4
+    default_steps: int = STUDENT_STEPS
     default_cfg: float = 1.0  # 1 = no guidance (the students have none)
 
     @property
@@ -87,25 +66,14 @@ class Entry:
         return f"checkpoints/{self.experiment}/model_ema_bf16.pth"
 
     @property
-    def latent_channels(self) -> int:
-        return self.net.config["lq_latent_channels"]
-
-    @property
-    def down_factor(self) -> int:
-        return self.net.config["latent_spatial_down_factor"]
-
-    @property
-    def sr_scale(self) -> int:
-        return self.net.config["sr_scale"]
-
-    @property
-    def pixels_per_latent(self) -> int:
-        return self.down_factor * self.sr_scale
+    def base_backbone(self) -> str:
+        """The backbone whose checkpoints and engines an alias shares (zimage → flux)."""
+        return BACKBONE_ALIASES.get(self.backbone, self.backbone)
 
     @property
     def fixed_size(self) -> bool:
         """RAE backbones produce 2048×2048 only (fixed native encoder interface)."""
-        return self.backbone in ("dinov2", "siglip")
+        return self.backbone in RAE_BACKBONES
 
     def presets(self) -> tuple[tuple[int, int], ...]:
         """Trained W×H sizes: the 2k presets, or the v1.5/4K grid (plus upstream's 4K examples)."""
@@ -136,7 +104,7 @@ _FLUX_V15 = ("PiD_v1pt5_res2kto4k_sr4x_official_flux_distill_4step", "V15-16")
 _FLUX2_2K = ("PiD_res2k_sr4x_official_flux2_distill_4step", "V1-F2")
 _FLUX2_V15 = ("PiD_v1pt5_res2kto4k_sr4x_official_flux2_distill_4step", "V15-F2")
 _QWEN_V15 = ("PiD_v1pt5_res2kto4k_sr4x_official_qwenimage_distill_4step", "V15-16")
-# undistilled v1.5 teachers: the v1.5 student net definitions (pid-sampler.md §1.2)
+# undistilled v1.5 teachers: the v1.5 student net definitions
 _FLUX_TEACHER = ("PiD_v1pt5_res2kto4k_sr4x_official_flux_undistilled", "V15-16")
 _FLUX2_TEACHER = ("PiD_v1pt5_res2kto4k_sr4x_official_flux2_undistilled", "V15-F2")
 _QWEN_TEACHER = ("PiD_v1pt5_res2kto4k_sr4x_official_qwenimage_undistilled", "V15-16")
@@ -153,10 +121,6 @@ _TABLE: dict[tuple[str, str], tuple[str, str]] = {
     ("dinov2", "2k"): ("PiD_res2k_sr4x_official_dinov2_distill_4step", "V1-D2"),
     ("siglip", "2k"): ("PiD_res2k_sr8x_official_siglip_distill_4step", "V1-SG"),
 }
-BACKBONE_ALIASES = {"zimage": "flux", "zimage-turbo": "flux", "flux2-klein-4b": "flux2", "flux2-klein-9b": "flux2",
-                    "qwenimage-2512": "qwenimage"}
-BACKBONES = ("flux", "flux2", "flux2-klein-4b", "flux2-klein-9b", "zimage", "zimage-turbo", "sd3", "sdxl",
-             "qwenimage", "qwenimage-2512", "dinov2", "siglip")
 # upstream ships no v1 4K checkpoint for these; their only 4K checkpoint is v1.5
 _V15_ONLY_4K = ("flux", "flux2", "qwenimage")
 
@@ -204,20 +168,6 @@ def resolve(backbone: str, ckpt: str = "2k") -> Entry:
 
 def entries() -> list[Entry]:
     return [resolve(bb, ck) for bb, ck in pairs()]
-
-
-def match_net_definition(cfg: dict[str, Any]) -> str | None:
-    """The id of the official net definition a (resolved) config equals, if any."""
-    cfg = {**DEFAULT_CONFIG, **cfg}
-    for net in NET_DEFINITIONS.values():
-        ref = net.config
-        if all(cfg[k] == ref[k] for k in ref if not k.startswith("ed_") and k not in _NO_EFFECT):
-            return net.id
-    return None
-
-
-# kwargs that change neither the parameters nor the forward
-_NO_EFFECT = ("repa_encoder_index", "num_text_blocks", "zero_init_lq", "train_lq_proj_only")
 
 
 def experiments_for(net_id: str) -> list[Entry]:

@@ -1,31 +1,51 @@
-"""The distilled 4-step student sampler of PiD (shared pid-sampler.md §1.1), input checks and u8 output.
+"""The one decode path: input checks, sampler options, the student loop, and the reference `sample`.
 
-`sample(..., sampler="teacher")` hands undistilled teacher checkpoints to pid_trt.teacher (DPM-Solver++ with CFG).
-
-`sample` is the reference loop that every backend is checked against: x0 in float64, fresh Gaussian
-noise after every step but the last, in upstream's draw order.
+Every decode — the torch reference (`sample`) and every runtime backend (`PiDDecoder.decode`) — goes through
+`SamplerOptions.resolve` (defaults filled in once) and `run_decode` (latent features once, then the distilled
+student loop of docs/numerics.md §4 or the teacher's DPM-Solver++ of §5 in `pid_trt.teacher`). The loops read
+no device values on the host, so a whole decode can be captured in a CUDA graph.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from pid_trt import teacher
+from pid_trt.config import (
+    MAX_STUDENT_STEPS,
+    MAX_TEACHER_STEPS,
+    SAMPLERS,
+    STUDENT_STEPS,
+    TEACHER_CFG,
+    TEACHER_STATIC_SHIFT,
+    TEACHER_STEPS,
+    TORCH_PRECISIONS,
+    V15_DYNAMIC_SHIFT,
+    NetConfig,
+)
 from pid_trt.errors import PiDInputError
 
 STUDENT_T_LIST = (0.999, 0.866, 0.634, 0.342, 0.0)
 STUDENT_TIMESTEP = 1.0  # the N = 1 branch evaluates once at t = 1.0, not 0.999
 TIMESCALE = 1000.0
-MAX_STEPS = 8
-PRECISIONS = ("fp32", "bf16")
-SAMPLERS = ("student", "teacher")
+MAX_STEPS = MAX_STUDENT_STEPS
+
+# cond(lq_latent, height, width) -> latent features; denoise(x, t_net, y, sigma, features) -> velocity
+CondFn = Callable[[torch.Tensor, int, int], list[torch.Tensor]]
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]], torch.Tensor]
+StepCallback = Callable[[int, torch.Tensor], None]
 
 
-def t_list(steps: int = 4) -> list[float]:
+# -- schedules -----------------------------------------------------------------------------------------------
+
+def t_list(steps: int = STUDENT_STEPS) -> list[float]:
     """The t-list for N steps: entries round(linspace(0, 4, N+1)) (half to even) of the 5-entry list."""
     if not 1 <= steps <= MAX_STEPS:
         raise PiDInputError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
@@ -35,49 +55,101 @@ def t_list(steps: int = 4) -> list[float]:
     return [STUDENT_T_LIST[round(i * last / steps)] for i in range(steps + 1)]
 
 
-def warn_repeated_timesteps(steps: int) -> None:
-    """More than 4 student steps only repeat timesteps of the 4-step distilled schedule (upstream's own mapping)."""
-    if steps > 4:
-        warnings.warn(f"{steps} steps repeat timesteps of the 4-step distilled schedule ({t_list(steps)}); "
-                      "quality does not improve over 4 steps", stacklevel=3)
-
-
 def t_lists() -> dict[int, list[float]]:
     """t-lists for N = 1..8, as written into ONNX manifests and engine sidecars."""
     return {n: t_list(n) for n in range(1, MAX_STEPS + 1)}
 
 
 def noise_draws(steps: int) -> int:
-    """How many Gaussian draws a decode of N steps uses (initial + one per re-noise)."""
+    """How many Gaussian draws a student decode of N steps uses (initial + one per re-noise)."""
     ts = t_list(steps)
     return 1 + sum(1 for t in ts[1:] if t > 0)
 
 
-def output_size(net_config: dict, latent_hw: Sequence[int]) -> tuple[int, int]:
-    """Output (H, W) for a latent grid (h, w): latent size × down-factor × SR."""
-    k = net_config["latent_spatial_down_factor"] * net_config["sr_scale"]
-    return latent_hw[0] * k, latent_hw[1] * k
+# -- sampler options -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How a decode samples, with every default resolved: the sampler, its steps and (teacher only) the guidance
+    scale `cfg` and the time shift (`shift` explicit, else the checkpoint's dynamic or static shift)."""
+
+    sampler: str = "student"
+    steps: int = STUDENT_STEPS
+    cfg: float = 1.0
+    shift: float | None = None
+    dynamic_shift: tuple[float, int] | None = V15_DYNAMIC_SHIFT
+    static_shift: float = TEACHER_STATIC_SHIFT
+
+    @classmethod
+    def resolve(cls, sampler: str = "student", steps: int | None = None, cfg: float | None = None,
+                shift: float | None = None, *, entry: Any = None) -> SamplerOptions:
+        """Validate the user's choices and fill in the defaults (a registry `entry` supplies the checkpoint's
+        sampler, default steps, guidance and shift rule; without one, the v1.5 teachers' rules apply)."""
+        if entry is not None:
+            sampler = entry.sampler
+        if sampler not in SAMPLERS:
+            raise PiDInputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise PiDInputError(f"steps must be a positive integer, got {steps!r}")
+        if sampler == "student":
+            if cfg not in (None, 1.0) or shift is not None:
+                raise PiDInputError("cfg, a negative embedding and shift apply to the undistilled teacher checkpoints "
+                                    "(sampler='teacher' only); the distilled student has no guidance and no shift")
+            steps = STUDENT_STEPS if steps is None else steps
+            t_list(steps)  # range check
+            if steps > STUDENT_STEPS:
+                warnings.warn(f"{steps} steps repeat timesteps of the 4-step distilled schedule ({t_list(steps)}); "
+                              "quality does not improve over 4 steps", stacklevel=3)
+            return cls("student", steps)
+        steps = (entry.default_steps if entry is not None else TEACHER_STEPS) if steps is None else steps
+        if steps > MAX_TEACHER_STEPS:
+            raise PiDInputError(f"teacher steps must be between 1 and {MAX_TEACHER_STEPS}, got {steps}")
+        cfg = (entry.default_cfg if entry is not None else TEACHER_CFG) if cfg is None else float(cfg)
+        if not math.isfinite(cfg):
+            raise PiDInputError(f"cfg must be a finite number, got {cfg}")
+        if shift is not None and (not math.isfinite(shift) or shift <= 0):
+            raise PiDInputError(f"shift must be a positive number, got {shift}")
+        rules = {"dynamic_shift": entry.dynamic_shift, "static_shift": entry.shift} if entry is not None else {}
+        return cls("teacher", steps, cfg, None if shift is None else float(shift), **rules)
+
+    @property
+    def guided(self) -> bool:
+        """Teacher with classifier-free guidance: both passes run as one batch-2B call per step."""
+        return self.sampler == "teacher" and self.cfg != 1.0
+
+    @property
+    def noise_draws(self) -> int:
+        """Gaussian draws per decode: the teacher draws only the initial sample."""
+        return 1 if self.sampler == "teacher" else noise_draws(self.steps)
+
+    def time_grid(self, height: int, width: int) -> torch.Tensor:
+        """The teacher's N+1 fp32 times for an H×W output (host tensor)."""
+        shift = teacher.resolve_shift(height, width, self.shift, self.dynamic_shift, self.static_shift)
+        return teacher.time_grid(self.steps, shift)
 
 
-def check_inputs(net_config: dict, lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma,
-                 size: tuple[int, int] | None = None, size_warning=None) -> tuple[torch.Tensor, tuple[int, int]]:
+# -- inputs --------------------------------------------------------------------------------------------------
+
+def check_inputs(net_config: Mapping[str, Any], lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma,
+                 size: tuple[int, int] | None = None,
+                 size_warning: Callable[[int, int], str | None] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """Validate decoder inputs; returns σ as a [B] fp32 tensor and the output (H, W).
 
     `size` is a requested output size as (width, height); `size_warning(w, h)` may return a message for sizes
     outside the trained range, which is only warned about.
     """
+    config = NetConfig.from_dict(net_config)
     if lq_latent.dim() != 4:
         raise PiDInputError(f"lq_latent must be [B, C, h, w], got shape {list(lq_latent.shape)}")
     b, c = lq_latent.shape[:2]
-    want_c = net_config["lq_latent_channels"]
-    if c != want_c:
-        raise PiDInputError(f"lq_latent has {c} channels but this net takes {want_c}; "
+    if c != config.lq_latent_channels:
+        raise PiDInputError(f"lq_latent has {c} channels but this net takes {config.lq_latent_channels}; "
                             "is it the latent of another backbone?")
     if y.dim() != 3:
         raise PiDInputError(f"caption embedding y must be [B, L, D], got shape {list(y.shape)}")
-    if y.shape[2] != net_config["txt_embed_dim"]:
+    if y.shape[2] != config.txt_embed_dim:
         raise PiDInputError(f"caption embedding width is {y.shape[2]} but this net takes "
-                            f"{net_config['txt_embed_dim']} (Gemma-2-2B hidden size)")
+                            f"{config.txt_embed_dim} (Gemma-2-2B hidden size)")
     if y.shape[0] != b:
         raise PiDInputError(f"batch mismatch: lq_latent has batch {b}, caption embedding has {y.shape[0]}")
     for name, tensor in (("lq_latent", lq_latent), ("caption embedding", y)):
@@ -90,28 +162,15 @@ def check_inputs(net_config: dict, lq_latent: torch.Tensor, y: torch.Tensor, deg
         raise PiDInputError(f"batch mismatch: degrade_sigma has {sigma.numel()} values for batch {b}")
     if not torch.isfinite(sigma).all() or (sigma < 0).any() or (sigma > 1).any():
         raise PiDInputError(f"degrade_sigma must lie in [0, 1], got {sigma.tolist()}")
-    hh, ww = output_size(net_config, lq_latent.shape[2:])
+    hh, ww = config.output_size(lq_latent.shape[2:])
     if size is not None and tuple(size) != (ww, hh):
-        k = net_config["latent_spatial_down_factor"] * net_config["sr_scale"]
         raise PiDInputError(f"output size {size[0]}x{size[1]} does not match the latent: {lq_latent.shape[3]}x"
-                            f"{lq_latent.shape[2]} latent × {k} gives {ww}x{hh}")
-    p = net_config["patch_size"]
-    if hh % p or ww % p:
-        raise PiDInputError(f"output size {ww}x{hh} is not a multiple of {p}")
+                            f"{lq_latent.shape[2]} latent × {config.pixels_per_latent} gives {ww}x{hh}")
+    if hh % config.patch_size or ww % config.patch_size:
+        raise PiDInputError(f"output size {ww}x{hh} is not a multiple of {config.patch_size}")
     if size_warning is not None and (msg := size_warning(ww, hh)):
         warnings.warn(msg, stacklevel=3)
     return sigma, (hh, ww)
-
-
-def _draw(noise: Sequence[torch.Tensor] | None, k: int, shape, generator, device) -> torch.Tensor:
-    if noise is not None:
-        if k >= len(noise):
-            raise PiDInputError(f"noise list has {len(noise)} tensors; this decode needs more (draw #{k})")
-        n = noise[k]
-        if tuple(n.shape) != tuple(shape):
-            raise PiDInputError(f"noise #{k} has shape {list(n.shape)}, expected {list(shape)}")
-        return n.to(device=device, dtype=torch.float32)
-    return torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
 
 
 def autocast(precision: str, device: torch.device):
@@ -121,59 +180,33 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
-def sample(net, lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma, steps: int | None = None,
-           noise: Sequence[torch.Tensor] | None = None, generator: torch.Generator | None = None,
-           precision: str = "fp32", size: tuple[int, int] | None = None,
-           on_step: Callable[[int, torch.Tensor], None] | None = None, *, sampler: str = "student",
-           cfg: float | None = None, negative_y: torch.Tensor | None = None,
-           shift: float | None = None) -> torch.Tensor:
-    """Decode with the distilled student (default) or an undistilled teacher: image [B, 3, H, W] in [-1, 1].
+# -- the decode ----------------------------------------------------------------------------------------------
 
-    Inputs are used as given (the runtime, not this function, rounds latent and caption to bf16).
-    `noise` lists the Gaussian tensors in draw order (initial, then each re-noise); otherwise they are drawn
-    from `generator` (default: a fresh generator seeded 0 on the latent's device). `precision="bf16"` runs
-    the net under bf16 autocast like upstream (the sampler state stays fp32, x0 in fp64).
-    `on_step(i, x)` sees x after each step i = 1..N (the last one before the clamp).
-    `steps` defaults to 4 for the student and 25 for the teacher.
+def run_decode(cond: CondFn, denoise: DenoiseFn, lq_latent: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor,
+               size_hw: tuple[int, int], draw: Callable[[int], torch.Tensor], options: SamplerOptions,
+               negative_y: torch.Tensor | None = None, on_step: StepCallback | None = None) -> torch.Tensor:
+    """One whole decode → image [B, 3, H, W] clamped to [-1, 1]: the latent features once, then the sampler.
 
-    `sampler="teacher"` runs DPM-Solver++ (pid_trt.teacher) with text CFG: `cfg` (default 5; 1 = no guidance)
-    mixes in `negative_y`, the embedding of pid_trt.text.NEGATIVE_PROMPT ([1 or B, L, D]); `shift` overrides
-    the v1.5 teachers' dynamic shift 6·sqrt(sqrt(H·W)/2048). It draws only the initial noise.
+    Inputs are already checked (`check_inputs`, and `teacher.check_guidance` for `negative_y`): this function
+    runs inside CUDA-graph captures, so it reads no device value on the host. `draw(k)` returns Gaussian draw #k
+    (0: the initial sample). With guidance, the features are repeated to batch 2B for the [uncond; cond] call.
     """
-    if precision not in PRECISIONS:
-        raise PiDInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if sampler not in SAMPLERS:
-        raise PiDInputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    sigma, (hh, ww) = check_inputs(net.config, lq_latent, y, degrade_sigma, size)
-    device = lq_latent.device
-    if noise is None and generator is None:
-        generator = torch.Generator(device=device).manual_seed(0)
-    if sampler == "teacher":
-        return _sample_teacher(net, lq_latent, y, sigma, (hh, ww), teacher.TEACHER_STEPS if steps is None else steps,
-                               _draw(noise, 0, (lq_latent.shape[0], 3, hh, ww), generator, device), precision,
-                               teacher.TEACHER_CFG if cfg is None else cfg, negative_y, shift, on_step)
-    if cfg not in (None, 1.0) or negative_y is not None or shift is not None:
-        raise PiDInputError("cfg, negative_y and shift apply to sampler='teacher' only; "
-                            "the distilled student has no guidance and no shift")
-    shape = (lq_latent.shape[0], 3, hh, ww)
-    with autocast(precision, device):
-        feats = net.condition(lq_latent, hh, ww)
+    feats = cond(lq_latent, *size_hw)
+    if options.sampler == "teacher":
+        if options.guided:
+            feats = list(teacher.cfg_batch(*feats))
 
-    def denoise(x, t_net):
-        with autocast(precision, device):
-            return net.denoise(x, t_net, y, sigma, feats)
+        def denoise_teacher(x, t_net, y_in, sigma_in):
+            return denoise(x, t_net, y_in, sigma_in, feats)
 
-    steps = 4 if steps is None else steps
-    warn_repeated_timesteps(steps)
-    return student_loop(denoise, steps,
-                        lambda k: _draw(noise, k, shape, generator, device), on_step)
+        return teacher.teacher_sample(denoise_teacher, draw(0), options.time_grid(*size_hw), y, sigma,
+                                      negative_y if options.guided else None, options.cfg, on_step)
+    return student_loop(lambda x, t_net: denoise(x, t_net, y, sigma, feats), options.steps, draw, on_step)
 
 
 def student_loop(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], steps: int,
-                 draw: Callable[[int], torch.Tensor],
-                 on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """The distilled student's loop, shared by the reference and every runtime backend.
+                 draw: Callable[[int], torch.Tensor], on_step: StepCallback | None = None) -> torch.Tensor:
+    """The distilled student's loop (docs/numerics.md §4).
 
     `denoise(x, t_net)` returns the velocity for timesteps t_net = t·1000 ([B] fp32); `draw(k)` returns Gaussian
     draw #k (0: the initial sample). x0 = x − t·v in float64; re-noise x = (1 − t_n)·x0 + t_n·ε in fp32.
@@ -197,23 +230,60 @@ def student_loop(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     return x.clamp(-1, 1)
 
 
-def _sample_teacher(net, lq_latent: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, size_hw: tuple[int, int],
-                    steps: int, x_init: torch.Tensor, precision: str, cfg: float, negative_y: torch.Tensor | None,
-                    shift: float | None, on_step) -> torch.Tensor:
-    """The reference teacher decode: PiDNet wrapped into a denoise_fn for pid_trt.teacher.teacher_sample."""
-    ts = teacher.time_grid(steps, teacher.resolve_shift(*size_hw, shift))
-    teacher.check_guidance(y, negative_y, cfg)  # fail before computing the latent features
-    device = lq_latent.device
-    with autocast(precision, device):
-        feats = net.condition(lq_latent, *size_hw)
-    if cfg != 1.0:
-        feats = list(teacher.cfg_batch(*feats))  # one call covers [uncond; cond]
+def _draw_from(noise: Sequence[torch.Tensor] | None, shape: tuple[int, ...], generator: torch.Generator | None,
+               device: torch.device) -> Callable[[int], torch.Tensor]:
+    """Gaussian draw #k: the k-th injected tensor, or the next value of `generator` (upstream's draw order)."""
+    def draw(k: int) -> torch.Tensor:
+        if noise is None:
+            return torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
+        if k >= len(noise):
+            raise PiDInputError(f"noise list has {len(noise)} tensors; this decode needs more (draw #{k})")
+        if tuple(noise[k].shape) != tuple(shape):
+            raise PiDInputError(f"noise #{k} has shape {list(noise[k].shape)}, expected {list(shape)}")
+        return noise[k].to(device=device, dtype=torch.float32)
+    return draw
 
-    def denoise(x, t_net, y_in, sigma_in):
+
+@torch.no_grad()
+def sample(net, lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma, steps: int | None = None,
+           noise: Sequence[torch.Tensor] | None = None, generator: torch.Generator | None = None,
+           precision: str = "fp32", size: tuple[int, int] | None = None, on_step: StepCallback | None = None, *,
+           sampler: str = "student", cfg: float | None = None, negative_y: torch.Tensor | None = None,
+           shift: float | None = None) -> torch.Tensor:
+    """The reference decode with the distilled student (default) or an undistilled teacher: [B, 3, H, W] in [-1, 1].
+
+    Inputs are used as given (the runtime, not this function, rounds latent and caption to bf16).
+    `noise` lists the Gaussian tensors in draw order (initial, then each re-noise); otherwise they are drawn
+    from `generator` (default: a fresh generator seeded 0 on the latent's device). `precision="bf16"` runs
+    the net under bf16 autocast like upstream (the sampler state stays fp32, x0 in fp64).
+    `on_step(i, x)` sees x after each step i = 1..N (the last one before the clamp).
+    `steps` defaults to 4 for the student and 25 for the teacher.
+
+    `sampler="teacher"` runs DPM-Solver++ (pid_trt.teacher) with text CFG: `cfg` (default 5; 1 = no guidance)
+    mixes in `negative_y`, the caption embedding of pid_trt.text.NEGATIVE_PROMPT ([1 or B, L, D]); `shift`
+    overrides the v1.5 teachers' dynamic shift 6·sqrt(sqrt(H·W)/2048). It draws only the initial noise.
+    """
+    if precision not in TORCH_PRECISIONS:
+        raise PiDInputError(f"precision must be one of {', '.join(TORCH_PRECISIONS)}, got {precision!r}")
+    options = SamplerOptions.resolve(sampler, steps, cfg, shift)
+    if options.sampler == "student" and negative_y is not None:
+        raise PiDInputError("negative_y applies to sampler='teacher' only")
+    sigma, (hh, ww) = check_inputs(net.config, lq_latent, y, degrade_sigma, size)
+    negative_y = teacher.check_guidance(y, negative_y, options.cfg) if options.sampler == "teacher" else None
+    device = lq_latent.device
+    if noise is None and generator is None:
+        generator = torch.Generator(device=device).manual_seed(0)
+
+    def cond(z, height, width):
+        with autocast(precision, device):
+            return net.condition(z, height, width)
+
+    def denoise(x, t_net, y_in, sigma_in, feats):
         with autocast(precision, device):
             return net.denoise(x, t_net, y_in, sigma_in, feats)
 
-    return teacher.teacher_sample(denoise, x_init, ts, y, sigma, negative_y, cfg, on_step)
+    draw = _draw_from(noise, (lq_latent.shape[0], 3, hh, ww), generator, device)
+    return run_decode(cond, denoise, lq_latent, y, sigma, (hh, ww), draw, options, negative_y, on_step)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

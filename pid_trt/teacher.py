@@ -1,4 +1,4 @@
-"""The undistilled teacher sampler of PiD (shared pid-sampler.md §1.2–§1.3): DPM-Solver++ 2M with text CFG.
+"""The undistilled teacher sampler of PiD: DPM-Solver++ 2M with text CFG (docs/numerics.md §5).
 
 The loop is written against a plain `denoise_fn(x, t_net, y, sigma) -> velocity`, so the reference net and a
 runtime engine run the same arithmetic. It keeps upstream's fp32 op order on purpose: the net output goes to
@@ -14,15 +14,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from pid_trt.config import MAX_TEACHER_STEPS, TEACHER_CFG, TEACHER_STATIC_SHIFT, V15_DYNAMIC_SHIFT
 from pid_trt.errors import PiDInputError
 
-TEACHER_STEPS = 25  # upstream docs recommend --num_steps 25 --cfg_scale 5
-TEACHER_CFG = 5.0
-STATIC_SHIFT = 6.0
-V15_DYNAMIC_SHIFT = (6.0, 2048)  # (base shift, base image size) of the v1.5 teacher configs
+STATIC_SHIFT = TEACHER_STATIC_SHIFT
 T_END = 0.001  # DPM-Solver's t_0 = 1 / 1000
 TIMESCALE = 1000.0
-MAX_TEACHER_STEPS = 1000
 
 # denoise_fn(x, t_net, y, sigma) -> velocity v = ε − x0; all inputs share the batch dimension
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -139,16 +136,21 @@ def teacher_sample(denoise_fn: DenoiseFn, x_init: torch.Tensor, ts: torch.Tensor
     batch 2B (see `cfg_batch`); with cfg == 1 it gets batch B and negative_y is unused.
     Guidance mixes the noise predictions: ε = ε_u + cfg·(ε_c − ε_u). `on_step(k, x)` sees the fp32 state after
     each update k = 1..N (the last one is the unclamped final sample).
+    `negative_y` must have passed `check_guidance` already: this loop runs inside CUDA-graph captures, where a
+    value check (a device-to-host read) is not allowed.
     """
-    ts = torch.as_tensor(ts, dtype=torch.float32).cpu()
+    ts = torch.as_tensor(ts, dtype=torch.float32).cpu()  # a host tensor: checking it reads no device memory
     if ts.dim() != 1 or len(ts) < 2 or ts[-1] != 0 or not (ts[1:] < ts[:-1]).all() or ts[0] >= 1:
         raise PiDInputError("ts must be a descending time grid in (0, 1) ending at 0, e.g. time_grid(steps, shift)")
-    negative_y = check_guidance(y, negative_y, cfg)
+    if cfg == 1.0:
+        negative_y = None
+    elif negative_y is None:
+        raise PiDInputError("cfg != 1 needs negative_y (checked with check_guidance first)")
     x = x_init.float()
     b, device = x.shape[0], x.device
     sigma = sigma.to(device=device, dtype=torch.float32).reshape(-1).expand(b)
     if negative_y is not None:
-        y_in, sigma_in = torch.cat([negative_y, y]), torch.cat([sigma, sigma])
+        y_in, sigma_in = torch.cat([negative_y.expand_as(y), y]), torch.cat([sigma, sigma])
     else:
         y_in, sigma_in = y, sigma
     t_net = (ts * TIMESCALE).tolist()  # fp32 t·1000, what upstream's net receives (host values: graph-safe)

@@ -1,4 +1,4 @@
-"""Caption conditioning: Gemma-2 text embeddings computed exactly as upstream PiD does (pid-sampler.md §2.3).
+"""Caption embeddings: Gemma-2 text embeddings computed exactly as upstream PiD does (docs/numerics.md §6).
 
 The caption is prefixed with the CHI prompt, tokenised to a fixed length, run through Gemma-2's decoder with the
 attention mask, and BOS plus the last L-1 positions are kept: y is [B, L, hidden], pads included, returned as fp32.
@@ -24,8 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from pid_trt.atomic import atomic_write_bytes
 from pid_trt.errors import MissingDependencyError, PiDInputError
-from pid_trt.images import atomic_write_bytes
 
 # The prefix PiD was trained with (configs/pid/*/shared_config.py); joined with "\n" and prepended verbatim.
 CHI_PROMPT: str = "\n".join(
@@ -48,7 +48,7 @@ CHI_PROMPT: str = "\n".join(
     ]
 )
 
-# The undistilled teacher's unconditional caption (pid-sampler.md §1.2); it goes through the same CHI path.
+# The undistilled teacher's unconditional caption; it goes through the same CHI path.
 NEGATIVE_PROMPT: str = (
     "low quality, worst quality, over-saturated, three legs, six fingers, cartoon, anime, cgi, low res, blurry,"
     " deformed, distortion, duplicated limbs, plastic skin, jpeg artifacts, watermark"
@@ -312,3 +312,23 @@ def _register_uncapped_sdpa(transformers) -> str:
 def _one_line(error: Exception, limit: int = 200) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def embed_prompts(prompts: Sequence[str], text_encoder: str | os.PathLike, out: str | os.PathLike, *,
+                  max_length: int = TEXT_LENGTH, dtype: str = "bfloat16", device: str | None = None,
+                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True) -> tuple[torch.Tensor, int]:
+    """`pid-trt embed`: encode each prompt (through the cache unless `use_cache=False`) and write `y` [B, L, D]
+    float32 to the safetensors file `out`; returns y and the number of cache hits."""
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+    if dtype not in dtypes:
+        raise PiDInputError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = CaptionEncoder.from_pretrained(text_encoder, max_length=max_length, dtype=dtypes[dtype], device=device)
+    if use_cache:
+        cache = EmbeddingCache(cache_dir)
+        y, hits = encoder.encode_cached(prompts, cache), cache.hits
+    else:
+        y, hits = encoder.encode_each(prompts), 0
+    metadata = {"prompts": json.dumps(list(prompts)), "text_length": str(max_length), "encoder_dtype": dtype}
+    save_safetensors_atomic({"y": y}, out, metadata)
+    return y, hits

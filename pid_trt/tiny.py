@@ -11,16 +11,17 @@ from typing import Any
 
 import torch
 
+from pid_trt.config import NET_DEFINITIONS, TINY_STRUCTURE, NetConfig
 from pid_trt.model import PiDNet
-from pid_trt.registry import NET_DEFINITIONS
 
 TINY = {"num_groups": 2, "hidden_size": 48, "pixel_hidden_size": 4, "pixel_attn_hidden_size": 32,
         "pixel_num_groups": 2, "patch_depth": 4, "txt_embed_dim": 32, "txt_max_length": 8, "lq_hidden_dim": 32}
-DEFAULT_STRUCTURE = "V15-16"  # the flux v1.5 structure
+DEFAULT_STRUCTURE = TINY_STRUCTURE
 
 
-def tiny_config(structure: str = DEFAULT_STRUCTURE, **overrides: Any) -> dict[str, Any]:
-    return {**NET_DEFINITIONS[structure].config, **TINY, **overrides}
+def tiny_config(structure: str = DEFAULT_STRUCTURE, **overrides: Any) -> NetConfig:
+    """The official structure `structure` shrunk to the tiny sizes, with `overrides` (upstream key names)."""
+    return NET_DEFINITIONS[structure].config.replace(**{**TINY, **overrides})
 
 
 @torch.no_grad()
@@ -51,8 +52,7 @@ def tiny_inputs(net: PiDNet, latent_hw: tuple[int, int] = (4, 6), batch: int = 1
                 sigma: float = 0.25, seed: int = 0) -> dict[str, torch.Tensor]:
     """A random latent, caption embedding and σ for a tiny net (values rounded to bf16 like upstream's callers)."""
     g = torch.Generator().manual_seed(seed)
-    cfg = net.config
-    z = torch.randn(batch, cfg["lq_latent_channels"], *latent_hw, generator=g)
-    y = torch.randn(batch, text_len, cfg["txt_embed_dim"], generator=g)
+    z = torch.randn(batch, net.config.lq_latent_channels, *latent_hw, generator=g)
+    y = torch.randn(batch, text_len, net.config.txt_embed_dim, generator=g)
     return {"lq_latent": z.bfloat16().float(), "y": y.bfloat16().float(),
             "degrade_sigma": torch.full((batch,), sigma)}

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
               "passed": bool(rows) and all(r["agree"] for r in rows), "seconds": time.perf_counter() - t0}
     out = args.json or (pathlib.Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
     if out is not None:
-        from pid_trt.images import atomic_write_json
+        from pid_trt.atomic import atomic_write_json
 
         atomic_write_json(out, result)
     print(summary(result))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pid_trt.demo import run_demo
+from pid_trt.workflows.demo import run_demo
 
 
 @pytest.mark.slow

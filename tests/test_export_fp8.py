@@ -47,7 +47,7 @@ def fp8_export(tmp_path_factory):
     net = _tame_net()
     out = tmp_path_factory.mktemp("fp8") / "onnx"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("pid_trt.export._TWO_GB", 0)  # force external data: the rewrite must keep the .data file right
+        mp.setattr("pid_trt.export.onnx._TWO_GB", 0)  # force external data: the rewrite must keep the .data file right
         export_onnx(out, net=net, precision="fp8")
     return net, out, json.loads((out / "manifest.json").read_text())
 

@@ -5,7 +5,8 @@ import torch
 
 import pid_trt
 from pid_trt.errors import ConfigError
-from pid_trt.model import Tables, resolve_config
+from pid_trt.config import NetConfig
+from pid_trt.model import Tables
 from tests.golden import NET_CASES, golden_net, load_tensors
 
 
@@ -75,4 +76,4 @@ def test_config_rejects_unofficial_paths(bad, msg):
 
 
 def test_config_defaults_are_official_v1():
-    assert resolve_config({})["hidden_size"] == 1536
+    assert NetConfig.from_dict({})["hidden_size"] == 1536

@@ -3,7 +3,7 @@ import json
 import pytest
 
 import pid_trt
-from pid_trt import registry
+from pid_trt import config, registry
 from pid_trt.errors import ConfigError
 from tests.conftest import data_file
 
@@ -52,8 +52,8 @@ def test_unknown_pair_lists_valid_pairs():
 
 def test_seven_net_definitions_and_geometry():
     assert set(registry.NET_DEFINITIONS) == {"V1-16", "V1-F2", "V1-D2", "V1-SG", "V1-XL", "V15-16", "V15-F2"}
-    assert registry.resolve("siglip").pixels_per_latent == 128
-    assert registry.resolve("flux2", "2kto4k").pixels_per_latent == 64
+    assert registry.resolve("siglip").net.config.pixels_per_latent == 128
+    assert registry.resolve("flux2", "2kto4k").net.config.pixels_per_latent == 64
     assert registry.resolve("dinov2").presets() == ((2048, 2048),)
     assert (4096, 3072) in registry.resolve("flux", "2kto4k").presets()
     assert registry.resolve("flux").size_warning(4096, 4096)
@@ -62,4 +62,4 @@ def test_seven_net_definitions_and_geometry():
 
 def test_match_net_definition():
     for net_id, net in registry.NET_DEFINITIONS.items():
-        assert registry.match_net_definition(net.config) == net_id
+        assert config.match_net_definition(net.config) == net_id

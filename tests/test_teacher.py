@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pid_trt
-from pid_trt import registry, teacher
+from pid_trt import config, registry, teacher
 from pid_trt.errors import PiDInputError
 from tests.conftest import data_file
 from tests.golden import golden_net, load_tensors
@@ -209,7 +209,7 @@ def test_teacher_defaults_25_steps_cfg5_dynamic_shift():
     stub = StubNet()
     lq, y, neg = stub_inputs()
     pid_trt.sample(stub, lq, y, 0.0, sampler="teacher", negative_y=neg)
-    assert len(stub.calls) == teacher.TEACHER_STEPS
+    assert len(stub.calls) == config.TEACHER_STEPS
     assert all(shape == (2, 3, 128, 192) for shape, _ in stub.calls)  # one batched [uncond; cond] call per step
     grid = teacher.time_grid(25, teacher.dynamic_shift(128, 192))
     assert torch.equal(torch.stack([t[0] for _, t in stub.calls]), (grid * 1000)[:-1])

@@ -1,4 +1,4 @@
-"""`pid-trt inspect FILE`: what a checkpoint, ONNX model or ONNX directory holds."""
+"""`pid-trt inspect PATH`: what a checkpoint, ONNX model or ONNX directory holds."""
 from __future__ import annotations
 
 import json
@@ -6,11 +6,13 @@ import pathlib
 
 import click
 
+from pid_trt.cli.options import command, emit_json, json_option, result
 
-@click.command("inspect")
+
+@command("inspect")
 @click.argument("path", type=click.Path(path_type=pathlib.Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def command(path: pathlib.Path, as_json: bool) -> None:
+@json_option("The summary as JSON on stdout, or written to FILE.")
+def command(path: pathlib.Path, json_out: str | None) -> None:
     """Describe a checkpoint (.pth/.safetensors), an ONNX model or an ONNX export directory."""
     if path.suffix == ".onnx" or (path.is_dir() and (path / "manifest.json").exists()):
         from pid_trt.export.inspect import inspect_onnx
@@ -20,12 +22,12 @@ def command(path: pathlib.Path, as_json: bool) -> None:
         from pid_trt.checkpoint import inspect_checkpoint
 
         info = inspect_checkpoint(path)
-    if as_json:
-        click.echo(json.dumps(info, indent=1))
+    if json_out is not None:
+        emit_json(info, json_out)
         return
     for key, value in info.items():
         if isinstance(value, (list, tuple)):
             value = ", ".join(map(str, value)) or "-"
         elif isinstance(value, dict):
             value = json.dumps(value)
-        click.echo(f"{key:>16}: {value}")
+        result(f"{key:>16}: {value}")

@@ -11,9 +11,11 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
+from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, PiDInputError
 from pid_trt.registry import V15_EXTRA, V15_GRID, Entry
 
@@ -50,17 +52,6 @@ class Profile:
         return f"{size}, batch {b[0]}..{b[2]}"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'4096x3072' (or 4096×3072) → (width, height)."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
-    if not m:
-        raise PiDInputError(f"bad size {text!r}: expected WIDTHxHEIGHT, e.g. 4096x3072")
-    width, height = int(m[1]), int(m[2])
-    if width == 0 or height == 0:
-        raise PiDInputError(f"bad size {text!r}: width and height must be positive")
-    return width, height
-
-
 def parse_batch(text: str) -> Range:
     """'N' → (N, N, N); 'MIN:MAX' → (MIN, MIN, MAX); 'MIN:OPT:MAX' as given."""
     parts = text.split(":")
@@ -77,18 +68,14 @@ def parse_batch(text: str) -> Range:
     return lo, opt, hi
 
 
-def pixels_per_latent(net_config: dict[str, Any]) -> int:
-    return net_config["latent_spatial_down_factor"] * net_config["sr_scale"]
-
-
-def check_size(width: int, height: int, net_config: dict[str, Any], entry: Entry | None) -> str | None:
+def check_size(width: int, height: int, net_config: NetConfig, entry: Entry | None) -> str | None:
     """Raise for sizes the net cannot produce; return a warning for sizes outside the trained range."""
-    step = pixels_per_latent(net_config)
+    step = net_config.pixels_per_latent
     if width % step or height % step:
         nearest = f"{max(1, round(width / step)) * step}x{max(1, round(height / step)) * step}"
         raise PiDInputError(f"{width}x{height}: width and height must be multiples of {step} for this net "
-                            f"(latent down-factor {net_config['latent_spatial_down_factor']} × SR "
-                            f"{net_config['sr_scale']}); e.g. {nearest}")
+                            f"(latent down-factor {net_config.latent_spatial_down_factor} × SR "
+                            f"{net_config.sr_scale}); e.g. {nearest}")
     return entry.size_warning(width, height) if entry is not None else None
 
 
@@ -96,13 +83,13 @@ def static_profile(width: int, height: int, batch: Range) -> Profile:
     return Profile(f"{width}x{height}", "static", batch, (width,) * 3, (height,) * 3)
 
 
-def dynamic_profile(sizes: Iterable[tuple[int, int]], batch: Range, net_config: dict[str, Any]) -> Profile:
+def dynamic_profile(sizes: Iterable[tuple[int, int]], batch: Range, net_config: NetConfig) -> Profile:
     """One profile spanning every size given; bounds on a grid of lcm(64, pixels-per-latent).
 
     opt is the geometric mean of min and max per axis (rounded to the grid): the middle of the range on
     a log scale, which is where TensorRT tunes the kernels of this fallback profile.
     """
-    step = math.lcm(DYNAMIC_STEP, pixels_per_latent(net_config))
+    step = math.lcm(DYNAMIC_STEP, net_config.pixels_per_latent)
     sizes = list(sizes)
 
     def axis(values: list[int]) -> Range:
@@ -126,7 +113,7 @@ def trained_buckets(entry: Entry) -> list[tuple[int, int]]:
     return list(dict.fromkeys(sizes))
 
 
-def plan_profiles(entry: Entry | None, net_config: dict[str, Any], *, shapes: Iterable[tuple[int, int]] = (),
+def plan_profiles(entry: Entry | None, net_config: NetConfig, *, shapes: Iterable[tuple[int, int]] = (),
                   dynamic: bool = False, batch: Range = (1, 1, 1)) -> tuple[list[Profile], list[str]]:
     """The profile set for a build, and warnings about sizes outside the trained range.
 
@@ -164,12 +151,12 @@ KNOWN_DIMS = ("batch", "height", "width", "lat_h", "lat_w", "tokens") + TEXT_LEN
 _MULTIPLE = re.compile(r"(\d+)\s*\*\s*(\w+)")
 
 
-def _dim_values(batch: int, width: int, height: int, net_config: dict[str, Any]) -> dict[str, int]:
-    step, patch = pixels_per_latent(net_config), net_config["patch_size"]
+def _dim_values(batch: int, width: int, height: int, net_config: NetConfig) -> dict[str, int]:
+    step, patch = net_config.pixels_per_latent, net_config.patch_size
     values = {"batch": batch, "height": height, "width": width, "lat_h": height // step, "lat_w": width // step,
               "tokens": (height // patch) * (width // patch)}
     # the caption is padded/truncated to the net's text length, so that dim is fixed in every profile
-    return values | {name: net_config["txt_max_length"] for name in TEXT_LENGTH_DIMS}
+    return values | {name: net_config.text_limit for name in TEXT_LENGTH_DIMS}
 
 
 def _dim(dim: int | str, values: dict[str, int], tensor: str) -> int:
@@ -184,12 +171,13 @@ def _dim(dim: int | str, values: dict[str, int], tensor: str) -> int:
 
 
 def input_shapes(manifest_graph_io: dict[str, Any], profile: Profile,
-                 net_config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+                 net_config: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """{input name: (min shape, opt shape, max shape)} of one graph for one profile.
 
     `manifest_graph_io` is a graph entry of the ONNX manifest (`manifest["graphs"]["denoise"]`): its
     `inputs` list shapes of integers and symbolic dims (KNOWN_DIMS, or "<k>*<dim>").
     """
+    net_config = NetConfig.from_dict(net_config)
     points = [_dim_values(profile.batch[i], profile.width[i], profile.height[i], net_config) for i in range(3)]
     return {spec["name"]: tuple(tuple(_dim(d, point, spec["name"]) for d in spec["shape"]) for point in points)
             for spec in manifest_graph_io["inputs"]}

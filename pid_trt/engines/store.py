@@ -15,10 +15,10 @@ from typing import Any, Mapping
 
 from filelock import FileLock
 
+from pid_trt.atomic import atomic_write_bytes, atomic_write_json
 from pid_trt.engines.profiles import Profile
 from pid_trt.errors import ConfigError
-from pid_trt.images import atomic_write_bytes, atomic_write_json
-from pid_trt.registry import BACKBONE_ALIASES, resolve
+from pid_trt.registry import resolve
 
 FORMAT = "pid-trt-engine"
 FORMAT_VERSION = 1
@@ -30,7 +30,7 @@ def canonical_names(backbone: str, ckpt: str) -> tuple[str, str]:
     """(backbone, ckpt) as engine names and sidecars spell them: aliases share their base net's engines
     (zimage → flux) and the checkpoint type is resolved (flux2 2kto4k → 2kto4k_v1pt5)."""
     entry = resolve(backbone, ckpt)
-    return BACKBONE_ALIASES.get(entry.backbone, entry.backbone), entry.ckpt
+    return entry.base_backbone, entry.ckpt
 
 
 def engine_name(backbone: str, ckpt: str, precision: str, profile_hash: str,
@@ -233,3 +233,27 @@ def find_engine(engine_dir: str | pathlib.Path, backbone: str, ckpt: str, precis
         return EngineLookup(None, None, rejected, wanted)
     best = min(usable, key=lambda item: (not exact_static(item), item.name))
     return EngineLookup(store.sidecar_path(best.name), best.sidecar, rejected, wanted)
+
+
+def list_engines(engine_dir: str | pathlib.Path) -> list[tuple]:
+    """One row per engine name in `engine_dir`: name, backbone/ckpt, precision, profiles, TensorRT version, SM,
+    size on disk, and "ok" or why it cannot be used on this machine."""
+    from pid_trt.engines.detect import detect_local
+
+    trt_version, gpu = detect_local()
+    capability = gpu.compute_capability if gpu else None
+    rows = []
+    for item in EngineStore(engine_dir).scan():
+        s, size = item.sidecar, f"{item.size_bytes / 2**30:.2f} GiB"
+        if s is None:
+            rows.append((item.name, "-", "-", "-", "-", "-", size, item.status))
+            continue
+        try:
+            reasons = item.problems + check_compatible(s, trt_version=trt_version, compute_capability=capability)
+            statics = sum(p["kind"] == "static" for p in s["profiles"])
+            profiles = f"{statics} static" + (" + dynamic" if len(s["profiles"]) > statics else "")
+            rows.append((item.name, f"{s['backbone']}/{s['ckpt']}", s["precision"], profiles, s["tensorrt_version"],
+                         s["gpu"]["compute_capability"], size, "ok" if not reasons else "; ".join(reasons)))
+        except (KeyError, TypeError) as e:
+            rows.append((item.name, "-", "-", "-", "-", "-", size, f"malformed sidecar (no {e})"))
+    return rows

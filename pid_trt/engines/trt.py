@@ -1,7 +1,7 @@
-"""Every TensorRT call pid-trt makes, in one place (TensorRT 10.x / 11.x Python API).
+"""The engine build: every TensorRT builder call pid-trt makes, in one place (TensorRT 10.x / 11.x Python API).
 
-This is the only module that imports `tensorrt`, and only inside functions, so the rest of pid-trt
-(dry runs, the engine store, tests) works without it. Calls are written out directly so each can be
+`tensorrt` comes from `pid_trt.engines.detect.load_tensorrt` (the one place it is imported), so the rest of
+pid-trt (dry runs, the engine store, tests) works without it. Calls are written out directly so each can be
 checked against NVIDIA's API reference.
 """
 from __future__ import annotations
@@ -10,29 +10,10 @@ import pathlib
 import threading
 from typing import Any
 
-from pid_trt.errors import MissingDependencyError, PiDError
-
-INSTALL_HINT = ('install it with: pip install "pid-trt[tensorrt]" '
-                "(or: pip install tensorrt-cu13 --extra-index-url https://pypi.nvidia.com)")
+from pid_trt.engines.detect import load_tensorrt
+from pid_trt.errors import EngineBuildError
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
-
-
-class EngineBuildError(PiDError):
-    """TensorRT rejected the ONNX graph or failed to build an engine."""
-
-
-def _tensorrt():
-    try:
-        import tensorrt
-    except (ImportError, OSError) as e:  # OSError: the wheel is there but libnvinfer is not loadable
-        raise MissingDependencyError(f"TensorRT is not installed ({e}); {INSTALL_HINT}") from None
-    return tensorrt
-
-
-def tensorrt_version() -> str:
-    """The installed TensorRT version, e.g. '10.13.0.35'; MissingDependencyError when it is not installed."""
-    return _tensorrt().__version__
 
 
 def build_serialized_engine(onnx_path: pathlib.Path, profiles: list[Shapes], *, opt_level: int = 3,
@@ -44,7 +25,7 @@ def build_serialized_engine(onnx_path: pathlib.Path, profiles: list[Shapes], *, 
     Returns (serialized engine, serialized timing cache), both buffer-protocol `IHostMemory` objects.
     `workspace_bytes` 0 keeps TensorRT's default workspace limit (the device's memory).
     """
-    trt = _tensorrt()
+    trt = load_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # strongly typed: the ONNX graph's own types (bf16/fp16/fp8 Q/DQ) decide precision; TensorRT 11 always is

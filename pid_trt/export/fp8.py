@@ -16,12 +16,13 @@ amax of exactly the tensors that get quantized.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pathlib
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +31,8 @@ from pid_trt.errors import PiDInputError
 from pid_trt.export.graphs import feature_names
 from pid_trt.model import PiDNet
 from pid_trt.sampler import sample
+
+log = logging.getLogger(__name__)
 
 E4M3_MAX = 448.0
 MIN_OPSET = 19  # FP8 QuantizeLinear/DequantizeLinear (the `saturate` attribute)
@@ -60,14 +63,14 @@ def default_calibration(net: PiDNet, seed: int = 0) -> list[dict[str, torch.Tens
 
     Random latents suit random-weight exports; for a real checkpoint pass real latents and captions instead."""
     g = torch.Generator().manual_seed(seed)
-    cfg = net.config
+    config = net.config
     sigma = torch.tensor(CALIBRATION_SIGMAS)
     decodes = []
     for h, w in CALIBRATION_LATENT_GRIDS:
-        z = torch.randn(1, cfg["lq_latent_channels"], h, w, generator=g)
+        z = torch.randn(1, config.lq_latent_channels, h, w, generator=g)
         eps = torch.randn(len(sigma), *z.shape[1:], generator=g)
         lq = (1 - sigma[:, None, None, None]) * z + sigma[:, None, None, None] * eps
-        y = torch.randn(len(sigma), min(cfg["txt_max_length"], 32), cfg["txt_embed_dim"], generator=g)
+        y = torch.randn(len(sigma), min(config.text_limit, 32), config.txt_embed_dim, generator=g)
         decodes.append({"lq_latent": lq.bfloat16().float(), "y": y.bfloat16().float(), "degrade_sigma": sigma})
     return decodes
 
@@ -247,8 +250,8 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"min": float(a.min()), "median": float(np.median(a)), "max": float(a.max())} if a.size else {}
 
 
-def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, calibration: Calibration | None = None, *,
-                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, calibration: Calibration | None = None
+                 ) -> dict[str, Any]:
     """Insert FP8 E4M3 Q/DQ into the fp32 denoise (or single) graph at `onnx_path`, in place.
 
     `net` is the fp32 PiDNet the graph was exported from. `calibration` is a list of decode inputs, dicts with
@@ -267,8 +270,8 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, calibration: Calibr
         raise PiDInputError(f"FP8 Q/DQ needs ONNX opset >= {MIN_OPSET}; {path.name} has opset {opset}")
     linears = _find_linears(model, net)
     cores = _attention_cores(model)
-    log(f"fp8: calibrating {len(linears)} Linear layers and {len(cores)} attention cores "
-        f"on {len(decodes)} calibration decode(s) ...")
+    log.info("fp8: calibrating %d Linear layers and %d attention cores on %d calibration decode(s) ...",
+             len(linears), len(cores), len(decodes))
     feeds = calibration_feeds(net, decodes)
     activations = sorted({f["node"].input[0] for f in linears} | {c[k] for c in cores for k in ("q", "k", "v")})
     stats = _graph_amax(path, activations, feeds)
@@ -299,8 +302,8 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, calibration: Calibr
     _save_atomic(model, path)
     seconds = round(time.perf_counter() - t0, 2)
     n_fp8_attention = sum(a["fp8"] for a in attention)
-    log(f"fp8: {len(plan)} Q/DQ pairs ({len(linears)} Linear, {n_fp8_attention}/{len(attention)} attention cores) "
-        f"in {seconds} s")
+    log.info("fp8: %d Q/DQ pairs (%d Linear, %d/%d attention cores) in %s s", len(plan), len(linears),
+             n_fp8_attention, len(attention), seconds)
     return {
         "method": "explicit Q/DQ inserted by pid_trt (QuantizeLinear→DequantizeLinear, FLOAT8E4M3FN, saturate)",
         "format": "E4M3FN", "qdq_pairs": len(plan),

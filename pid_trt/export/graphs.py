@@ -1,7 +1,7 @@
 """Export-ready views of PiDNet: shape-generic tables, the cond / denoise split, and the precision policy.
 
 Everything that upstream computes from Python ints or in float64 is rebuilt here from runtime shapes in fp32, so
-the ONNX graphs stay dynamic in batch, height, width and text length (pid-net.md §6).
+the ONNX graphs stay dynamic in batch, height, width and text length (docs/numerics.md §2).
 """
 from __future__ import annotations
 
@@ -82,8 +82,7 @@ class CondGraph(nn.Module):
     def __init__(self, net: PiDNet):
         super().__init__()
         self.net = net
-        cfg = net.config
-        self.grid_per_latent = cfg["latent_spatial_down_factor"] * cfg["sr_scale"] // cfg["patch_size"]
+        self.grid_per_latent = net.config.patches_per_latent
 
     def forward(self, lq_latent: torch.Tensor):
         r = self.grid_per_latent

@@ -1,5 +1,5 @@
 """Runtime: PiDDecoder over the tensorrt, onnxruntime and torch backends."""
-from pid_trt.runtime.backends import BACKENDS, OnnxRuntimeBackend, TorchBackend
+from pid_trt.runtime.backends import OnnxRuntimeBackend, TorchBackend
 from pid_trt.runtime.decoder import PiDDecoder
 
-__all__ = ["PiDDecoder", "TorchBackend", "OnnxRuntimeBackend", "BACKENDS"]
+__all__ = ["PiDDecoder", "TorchBackend", "OnnxRuntimeBackend"]

@@ -1,18 +1,19 @@
-"""Denoiser backends behind one small interface; the sampler loop lives in the decoder, not here.
+"""Denoiser backends behind one small interface: torch (the reference PiDNet) and ONNX Runtime (exported graphs).
 
-A backend computes the per-decode latent features (`cond`) and one denoiser evaluation (`denoise`).
-`torch` runs the reference PiDNet (optionally torch.compile'd), `onnxruntime` the exported graphs, and
-`tensorrt` the engines (pid_trt.runtime.tensorrt; the only runtime module that imports tensorrt).
+A backend computes the per-decode latent features (`cond`) and one denoiser evaluation (`denoise`); the sampler
+loop lives in pid_trt.sampler, not here. The TensorRT backend is pid_trt.runtime.tensorrt.
 """
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from pid_trt.config import NetConfig
 from pid_trt.errors import MissingDependencyError, PiDInputError
+from pid_trt.export.manifest import read_manifest
 from pid_trt.model import PiDNet
 from pid_trt.sampler import autocast
 
@@ -20,7 +21,7 @@ from pid_trt.sampler import autocast
 class Backend(Protocol):
     name: str
     device: torch.device
-    net_config: dict[str, Any]
+    net_config: NetConfig
     graph_safe: bool  # can the decode be captured in a CUDA graph?
 
     def cond(self, lq_latent: torch.Tensor, height: int, width: int) -> list[torch.Tensor]: ...
@@ -65,20 +66,18 @@ class OnnxRuntimeBackend:
             import onnxruntime as ort
         except ImportError:
             raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime") from None
-        from pid_trt.export import read_manifest
-
         self.dir = pathlib.Path(onnx_dir)
         self.manifest = read_manifest(self.dir)
-        self.net_config = self.manifest["net_config"]
+        self.net_config = NetConfig.from_dict(self.manifest["net_config"])
         want_cuda = str(device or "cpu").startswith("cuda")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        # idle worker threads would spin between calls, starving torch's sampler arithmetic on small machines
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for name, graph in self.manifest["graphs"].items():
             path = self.dir / graph["file"]
-            if not path.is_file():
-                raise PiDInputError(f"{path} is missing; re-run `pid-trt export`")
             self.sessions[name] = ort.InferenceSession(str(path), opts, providers=providers)
         # what actually runs (ORT silently falls back to CPU when CUDA is unusable)
         used = next(iter(self.sessions.values())).get_providers()
@@ -116,14 +115,3 @@ class OnnxRuntimeBackend:
             feeds = {"x": x, "t": t, "y": y, "degrade_sigma": sigma, **dict(zip(names, feats))}
         v = s.run(None, self._inputs(s, feeds))[0]
         return torch.from_numpy(v).float()
-
-
-BACKENDS = ("tensorrt", "onnxruntime", "torch")
-
-
-def tensorrt_available() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()

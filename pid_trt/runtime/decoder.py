@@ -9,9 +9,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from pid_trt import teacher
+from pid_trt.config import BACKENDS, NetConfig
 from pid_trt.errors import PiDInputError
-from pid_trt.runtime.backends import BACKENDS, OnnxRuntimeBackend, TorchBackend
-from pid_trt.sampler import check_inputs, noise_draws, student_loop, to_uint8, warn_repeated_timesteps
+from pid_trt.runtime.backends import OnnxRuntimeBackend, TorchBackend
+from pid_trt.sampler import SamplerOptions, check_inputs, noise_draws, run_decode, to_uint8
 
 
 def _kind(source: pathlib.Path) -> str:
@@ -86,12 +87,18 @@ class PiDDecoder:
         return cls(TorchBackend(net, device, precision, compile), entry=entry, cuda_graph=cuda_graph)
 
     @property
-    def net_config(self) -> dict[str, Any]:
+    def net_config(self) -> NetConfig:
         return self.backend.net_config
 
     @property
     def sampler(self) -> str:
+        """"student" (the distilled 4-step loop) or "teacher" (DPM-Solver++ with guidance), by checkpoint."""
         return getattr(self.entry, "sampler", "student") if self.entry else "student"
+
+    def options(self, steps: int | None = None, cfg: float | None = None, shift: float | None = None
+                ) -> SamplerOptions:
+        """This decoder's sampler options with the checkpoint's defaults filled in (validated now, not mid-run)."""
+        return SamplerOptions.resolve(steps=steps, cfg=cfg, shift=shift, entry=self.entry)
 
     # -- decoding -----------------------------------------------------------------------------------------
     def noise_for(self, batch_shape: tuple[int, int, int, int], steps: int, seed: int,
@@ -114,16 +121,24 @@ class PiDDecoder:
                seed: int = 0, noise: Sequence[torch.Tensor] | None = None, steps: int | None = None,
                output: str = "float", indices: Sequence[int] | None = None, round_bf16: bool = True,
                cfg: float | None = None, negative_embedding: torch.Tensor | None = None, shift: float | None = None,
-               on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+               on_step: Callable[[int, torch.Tensor], None] | None = None,
+               options: SamplerOptions | None = None) -> torch.Tensor:
         """Images [B,3,H,W]: float in [-1, 1] (`output="float"`) or uint8 with upstream's truncation ("uint8").
 
         `noise`: tensors in upstream's draw order (initial, then each re-noise); otherwise drawn per sample from
         generators seeded `seed + index`, with `indices` the samples' global indices (default 0..B-1).
         Latent and caption are rounded to bf16 first, as upstream's callers do (`round_bf16=False`: as given).
-        Teacher checkpoints take `cfg`, `negative_embedding` (the negative prompt's y) and `shift`.
+        Teacher checkpoints take `cfg`, `negative_embedding` (the negative prompt's caption embedding) and `shift`.
+        `options` (from `self.options(...)`) may stand in for `steps`, `cfg` and `shift`.
         """
         if output not in ("float", "uint8"):
             raise PiDInputError(f"output must be 'float' or 'uint8', got {output!r}")
+        if options is None:
+            options = self.options(steps, cfg, shift)
+        elif (steps, cfg, shift) != (None, None, None):
+            raise PiDInputError("pass either options or steps/cfg/shift, not both")
+        if options.sampler == "student" and negative_embedding is not None:
+            raise PiDInputError("a negative embedding applies to the undistilled teacher checkpoints only")
         dev = self.backend.device
         z = lq_latent.to(dev, torch.float32)
         y = caption_embedding.to(dev, torch.float32)
@@ -133,49 +148,23 @@ class PiDDecoder:
             neg = None if neg is None else neg.bfloat16().float()
         warn = self.entry.size_warning if self.entry is not None else None
         sigma, (hh, ww) = check_inputs(self.net_config, z, y, degrade_sigma, size_warning=warn)
+        neg = teacher.check_guidance(y, neg, options.cfg) if options.sampler == "teacher" else None
         shape = (z.shape[0], 3, hh, ww)
-        teacher_mode = self.sampler == "teacher"
-        if teacher_mode:
-            steps = steps or self.entry.default_steps
-            cfg = self.entry.default_cfg if cfg is None else cfg
-            draws = 1
-        else:
-            if cfg not in (None, 1.0) or neg is not None or shift is not None:
-                raise PiDInputError("cfg, negative embedding and shift apply to the undistilled teacher "
-                                    "checkpoints only")
-            steps = steps or 4
-            warn_repeated_timesteps(steps)
-            draws = noise_draws(steps)
+        draws = options.noise_draws
         if noise is None:
-            noise = self.noise_for(shape, steps, seed, indices, draws)
+            noise = self.noise_for(shape, options.steps, seed, indices, draws)
         noise = [n.to(dev, torch.float32) for n in noise]
         if len(noise) < draws or any(tuple(n.shape) != shape for n in noise[:draws]):
-            raise PiDInputError(f"noise must be {draws} tensors of shape {list(shape)} for {steps} steps")
+            raise PiDInputError(f"noise must be {draws} tensors of shape {list(shape)} for {options.steps} steps")
 
-        if teacher_mode:
-            ts = teacher.time_grid(steps, teacher.resolve_shift(hh, ww, shift, self.entry.dynamic_shift,
-                                                                self.entry.shift))
-            neg = teacher.check_guidance(y, neg, cfg)
-
-            def run(z, y, sigma, noise, neg):
-                feats = self.backend.cond(z, hh, ww)
-                if cfg != 1.0:
-                    feats = list(teacher.cfg_batch(*feats))
-
-                def denoise(x, t, y_in, s_in):
-                    return self.backend.denoise(x, t, y_in, s_in, feats)
-
-                return teacher.teacher_sample(denoise, noise[0], ts, y, sigma, neg, cfg, on_step)
-        else:
-            def run(z, y, sigma, noise, neg):
-                feats = self.backend.cond(z, hh, ww)
-                return student_loop(lambda x, t: self.backend.denoise(x, t, y, sigma, feats), steps,
-                                    lambda k: noise[k], on_step)
+        def run(z, y, sigma, noise, neg):
+            return run_decode(self.backend.cond, self.backend.denoise, z, y, sigma, (hh, ww), noise.__getitem__,
+                              options, neg, on_step)
 
         if self.cuda_graph and dev.type == "cuda" and on_step is None:
             from pid_trt.runtime.cuda_graphs import replay
 
-            key = (tuple(z.shape), tuple(y.shape), steps, teacher_mode, cfg, shift, neg is None)
+            key = (tuple(z.shape), tuple(y.shape), options, neg is None)
             image = replay(self._graphs, key, run, (z, y, sigma, noise[:draws], neg))
         else:
             image = run(z, y, sigma, noise[:draws], neg)

@@ -1,8 +1,9 @@
 """The TensorRT backend: the cond and denoise engines of one sidecar, run on torch CUDA buffers.
 
-tensorrt is imported lazily (TensorRT 10/11 Python API). Profiles are chosen per output size from the
-sidecar (its `profiles` order is the engines' optimization-profile order); one execution context per
-profile; `execute_async_v3` on torch's current stream, so a whole decode can be captured in a CUDA graph.
+`tensorrt` comes from pid_trt.engines.detect.load_tensorrt (TensorRT 10/11 Python API). Profiles are chosen per
+output size from the sidecar (its `profiles` order is the engines' optimization-profile order); one execution
+context per profile; `execute_async_v3` on torch's current stream, so a whole decode can be captured in a CUDA
+graph.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import Any
 
 import torch
 
+from pid_trt.config import NetConfig
+from pid_trt.engines.detect import detect_local, load_tensorrt
 from pid_trt.engines.profiles import Profile
-from pid_trt.engines.trt import _tensorrt
+from pid_trt.engines.store import EngineStore, canonical_names, find_engine
 from pid_trt.errors import PiDInputError
 
 
@@ -64,9 +67,9 @@ class TensorRTBackend:
     graph_safe = True
 
     def __init__(self, sidecar_path: pathlib.Path):
-        trt = _tensorrt()
+        trt = load_tensorrt()
         self.sidecar = json.loads(sidecar_path.read_text())
-        self.net_config = self.sidecar["net_config"]
+        self.net_config = NetConfig.from_dict(self.sidecar["net_config"])
         self.device = torch.device("cuda")
         self.profiles = [Profile.from_json(p) for p in self.sidecar["profiles"]]
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -80,9 +83,6 @@ class TensorRTBackend:
                         precision: str | None) -> "TensorRTBackend":
         """The usable engine in `engine_dir` for backbone/ckpt/precision; any of them may be left out when the
         directory's finished engines leave only one choice."""
-        from pid_trt.engines.build import detect_local
-        from pid_trt.engines.store import EngineStore, canonical_names, find_engine
-
         finished = [e.sidecar for e in EngineStore(engine_dir).scan() if e.sidecar is not None]
         if backbone is not None:
             want = canonical_names(backbone, ckpt or "2k")

@@ -1,4 +1,4 @@
-"""Text → diffusers LDM → PiD, as upstream's `from_ldm` (pid-sampler.md §2.2, §3, §4, §5; pid-upstream-cli.md).
+"""Text → diffusers LDM → PiD and the pipeline's own VAE, as upstream's `from_ldm` (docs/numerics.md §7, §10).
 
 For each prompt (global index i) the pipeline runs at the PiD size / sr_scale with a generator seeded seed + i,
 x_t is captured after each requested scheduler step K (σ = `scheduler.sigmas[K]`), and every capture plus the
@@ -20,22 +20,21 @@ from typing import Any
 
 import torch
 
-from pid_trt.engines.profiles import parse_size
 from pid_trt.errors import MissingDependencyError, PiDInputError
-from pid_trt.images import save_image
+from pid_trt.images import resize, save_image, side_by_side
 from pid_trt.latents import canonical_backbone, from_pipeline_output
 from pid_trt.runtime import PiDDecoder
-from pid_trt.sampler import to_uint8
-from pid_trt.workflows.common import Captions, caption_row, check_captions, resize, side_by_side
+from pid_trt.sampler import SamplerOptions, to_uint8
+from pid_trt.workflows.decode import Captions, caption_row, check_captions, output_tag
 
-# The diffusers pipeline class each backbone's LDM is (pid-sampler.md §3).
+# The diffusers pipeline class each backbone's LDM is.
 PIPELINE_CLASSES = {
     "flux": "FluxPipeline", "flux2": "Flux2Pipeline", "flux2-klein-4b": "Flux2KleinPipeline",
     "flux2-klein-9b": "Flux2KleinPipeline", "zimage": "ZImagePipeline", "zimage-turbo": "ZImagePipeline",
     "sd3": "StableDiffusion3Pipeline", "sdxl": "StableDiffusionXLPipeline", "qwenimage": "QwenImagePipeline",
     "qwenimage-2512": "QwenImagePipeline",
 }
-# upstream's per-backbone LDM steps and guidance defaults (pid-upstream-cli.md)
+# upstream's per-backbone LDM steps and guidance defaults
 LDM_DEFAULTS = {"flux": (28, 3.5), "sd3": (28, 4.0), "sdxl": (30, 7.5), "flux2": (50, 4.0),
                 "flux2-klein-4b": (4, 1.0), "flux2-klein-9b": (4, 1.0), "qwenimage": (50, 4.0),
                 "qwenimage-2512": (50, 4.0), "zimage": (50, 5.0), "zimage-turbo": (9, 0.0)}
@@ -45,16 +44,6 @@ EXTRA_KWARGS = {"flux": _LONG_PROMPTS, "flux2": _LONG_PROMPTS, "flux2-klein-4b":
                 "qwenimage": {**_LONG_PROMPTS, "true_cfg_scale": 4.0, "negative_prompt": " "},
                 "qwenimage-2512": {**_LONG_PROMPTS, "true_cfg_scale": 4.0, "negative_prompt": " "}}
 DEFAULT_RESOLUTION = (2048, 2048)
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """"N", "WxH" or "W,H" (width first) → (W, H)."""
-    if text.strip().isdigit() and int(text) > 0:
-        return int(text), int(text)
-    try:
-        return parse_size(text.replace(",", "x"))
-    except PiDInputError:
-        raise PiDInputError(f"--resolution must be N, WxH or W,H (width first), got {text!r}") from None
 
 
 def ldm_size(backbone: str, resolution: tuple[int, int], sr_scale: int) -> tuple[int, int]:
@@ -134,24 +123,26 @@ def run_ldm(pipeline: Any, backbone: str, prompt: str, *, width: int, height: in
 
 
 def generate(pipeline: Any, decoder: PiDDecoder, prompts: Sequence[str], captions: Captions, *, backbone: str,
-             out_dir: str | pathlib.Path, tag: str, resolution: tuple[int, int] = DEFAULT_RESOLUTION,
+             out_dir: str | pathlib.Path, resolution: tuple[int, int] = DEFAULT_RESOLUTION,
              ldm_steps: int | None = None, guidance_scale: float | None = None, save_xt_steps: Sequence[int] = (),
-             seed: int = 0, indices: Sequence[int] | None = None, fmt: str = "jpg", pid_steps: int | None = None,
-             cfg: float | None = None, shift: float | None = None,
-             negative_embedding: torch.Tensor | None = None,
+             seed: int = 0, indices: Sequence[int] | None = None, fmt: str = "jpg",
+             options: SamplerOptions | None = None, negative_embedding: torch.Tensor | None = None,
              progress: bool = True) -> list[dict[str, Any]]:
     """Generate prompts[i] for each global index i in `indices` (default all) and write upstream's layout under
     `out_dir`; returns one record per prompt (paths relative to `out_dir`, σ values, timings).
 
     `resolution` is the final PiD (W, H); the LDM runs at it / sr_scale. `captions`: PiD caption embeddings by
-    global index (see `Captions`). `tag` names the PiD folder (`common.output_tag`). Seeds: seed + i for both the
-    LDM generator and PiD's noise, so outputs do not depend on how prompts are split across ranks.
+    global index (see `Captions`). `options`: PiD's sampler (default: the checkpoint's). The PiD folder is named
+    like upstream's (`decode.output_tag`). Seeds: seed + i for both the LDM generator and PiD's noise, so outputs do
+    not depend on how prompts are split across ranks.
     """
     from tqdm import tqdm
 
     name = canonical_backbone(backbone)
     ldm_steps, guidance_scale = ldm_settings(name, ldm_steps, guidance_scale, save_xt_steps)
-    width, height = ldm_size(name, resolution, decoder.net_config["sr_scale"])
+    width, height = ldm_size(name, resolution, decoder.net_config.sr_scale)
+    options = options or decoder.options()
+    tag = output_tag(decoder, options, backbone)
     indices = range(len(prompts)) if indices is None else indices
     check_captions(captions, len(prompts))
     out_dir = pathlib.Path(out_dir)
@@ -166,7 +157,7 @@ def generate(pipeline: Any, decoder: PiDDecoder, prompts: Sequence[str], caption
         row_vae, row_pid = [], []
         for label, (lq, sigma, scheduler_sigma) in results.items():
             t0 = time.perf_counter()
-            image = decoder.decode(lq, y, sigma, seed=seed, indices=[i], steps=pid_steps, cfg=cfg, shift=shift,
+            image = decoder.decode(lq, y, sigma, seed=seed, indices=[i], options=options,
                                    negative_embedding=negative_embedding)
             step = {"sigma": float(sigma[0]), "scheduler_sigma": scheduler_sigma,
                     "pid_seconds": round(time.perf_counter() - t0, 4)}

@@ -1,4 +1,4 @@
-"""Image → VAE → (noise at σ) → PiD, as upstream's `from_clean` (pid-sampler.md §1.4, §2.2, §4), plus metrics.
+"""Image → VAE → (noise at σ) → PiD, as upstream's `from_clean` (docs/numerics.md §7, §10), plus metrics.
 
 Each input is centre-cropped to a multiple of 16, encoded with the VAE (the posterior mean) and normalised into the
 backbone's latent space. For each σ (sorted) the latent is noised with a generator seeded seed + i — flow form
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from pid_trt.errors import PiDInputError
-from pid_trt.images import save_image
+from pid_trt.images import resize, save_image
 from pid_trt.latents import canonical_backbone, denormalize, patchify
 from pid_trt.runtime import PiDDecoder
-from pid_trt.sampler import to_uint8
+from pid_trt.sampler import SamplerOptions, to_uint8
 from pid_trt.vae import baseline_decode
-from pid_trt.workflows.common import Captions, caption_row, check_captions, resize
+from pid_trt.workflows.decode import Captions, caption_row, check_captions, output_tag
 from pid_trt.workflows.metrics import latent_consistency, psnr, ssim
 
 DEFAULT_SEED = 5  # upstream's from_clean default
@@ -140,9 +140,8 @@ def _scores(decoded: torch.Tensor, reference01: torch.Tensor, clean_latent: torc
 
 
 def reconstruct(vae: Any, decoder: PiDDecoder, samples: Sequence[Sample], captions: Captions, *, backbone: str,
-                out_dir: str | pathlib.Path, tag: str, sigmas: Sequence[float] = (0.0,), seed: int = DEFAULT_SEED,
-                indices: Sequence[int] | None = None, fmt: str = "jpg", pid_steps: int | None = None,
-                cfg: float | None = None, shift: float | None = None,
+                out_dir: str | pathlib.Path, sigmas: Sequence[float] = (0.0,), seed: int = DEFAULT_SEED,
+                indices: Sequence[int] | None = None, fmt: str = "jpg", options: SamplerOptions | None = None,
                 negative_embedding: torch.Tensor | None = None,
                 progress: bool = True) -> list[dict[str, Any]]:
     """Reconstruct samples[i] for each global index i in `indices` (default all) at every σ in `sigmas`, write
@@ -153,6 +152,8 @@ def reconstruct(vae: Any, decoder: PiDDecoder, samples: Sequence[Sample], captio
     sigmas = check_sigmas(sigmas)
     indices = range(len(samples)) if indices is None else indices
     check_captions(captions, len(samples))
+    options = options or decoder.options()
+    tag = output_tag(decoder, options, backbone)
     out_dir = pathlib.Path(out_dir)
     records = []
     bar = tqdm(total=len(indices) * len(sigmas), desc="reconstruct", unit="img", disable=None if progress else True)
@@ -169,7 +170,7 @@ def reconstruct(vae: Any, decoder: PiDDecoder, samples: Sequence[Sample], captio
         for sigma in sigmas:
             lq = add_noise(name, clean, sigma, seed + i).bfloat16().float()  # upstream rounds to bf16 here
             t0 = time.perf_counter()
-            pid = decoder.decode(lq, y, sigma, seed=seed, indices=[i], steps=pid_steps, cfg=cfg, shift=shift,
+            pid = decoder.decode(lq, y, sigma, seed=seed, indices=[i], options=options,
                                  negative_embedding=negative_embedding)
             seconds = time.perf_counter() - t0
             base = baseline_decode(name, vae, lq)

@@ -19,7 +19,7 @@ def flux2_manifest(precision: str = "bf16", text_dim: Any = "text_len") -> dict[
     pixels = ["batch", 3, "64*lat_h", "64*lat_w"]
     return {
         "format": "pid-trt-onnx", "format_version": 1, "pid_trt_version": "0.1.0",
-        "backbone": "flux2", "ckpt": entry.ckpt, "net_definition": entry.net.id, "net_config": cfg,
+        "backbone": "flux2", "ckpt": entry.ckpt, "net_definition": entry.net.id, "net_config": cfg.to_dict(),
         "precision": precision, "weights": {"source": "random", "sha256": "a" * 64},
         "latent": {"channels": 128, "down_factor": 16, "sr_scale": 4},
         "text": {"max_length": 300, "embed_dim": 2304},

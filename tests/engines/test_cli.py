@@ -8,7 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from pid_trt.cli import _register, cli
-from pid_trt.engines.build import GpuInfo, make_plan, make_sidecar
+from pid_trt.engines.build import make_sidecar
+from pid_trt.engines.detect import GpuInfo
+from pid_trt.engines.plan import make_plan
 from pid_trt.engines.store import EngineStore
 from tests.engines.manifest import flux2_manifest, write_onnx_dir
 
@@ -51,7 +53,7 @@ def test_dry_run_with_an_onnx_dir(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--shape", "4096"), "error: bad size '4096': expected WIDTHxHEIGHT"),
+    (("--shape", "4096x"), "error: Invalid value for '--size' / '--shape': '4096x' is not a size"),
     (("--shape", "4100x3072"), "error: 4100x3072: width and height must be multiples of 64"),
     (("--batch", "4:1"), "error: bad batch range '4:1'"),
     (("--ckpt", "9k"), "error: no official PiD checkpoint for --backbone flux2 --ckpt 9k"),

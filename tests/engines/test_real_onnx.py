@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pid_trt.engines.build import make_plan, read_manifest
+from pid_trt.engines.plan import make_plan
+from pid_trt.export import read_manifest
 from pid_trt.engines.profiles import input_shapes
 
 pytestmark = pytest.mark.slow
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory):
-    export = pytest.importorskip("pid_trt.export", reason="the ONNX exporter is not in this tree")
+    from pid_trt import export
     from pid_trt.tiny import tiny_net
 
     return export.export_onnx(tmp_path_factory.mktemp("onnx") / "tiny", net=tiny_net("V15-F2"), backbone="flux2",

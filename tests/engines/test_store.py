@@ -8,7 +8,9 @@ import multiprocessing
 import filelock
 import pytest
 
-from pid_trt.engines.build import GpuInfo, make_plan, make_sidecar
+from pid_trt.engines.build import make_sidecar
+from pid_trt.engines.detect import GpuInfo
+from pid_trt.engines.plan import make_plan
 from pid_trt.engines.store import EngineStore, canonical_names, check_compatible, engine_name, find_engine
 from pid_trt.errors import ConfigError
 from pid_trt.sampler import t_lists

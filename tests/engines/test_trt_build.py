@@ -19,26 +19,29 @@ def gpu():
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible")
-    from pid_trt.engines.build import gpu_info
+    from pid_trt.engines.detect import gpu_info
 
     return gpu_info()
 
 
 def test_parser_errors_are_shown(tmp_path, gpu):
+    from pid_trt import errors
     from pid_trt.engines import trt
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx model")
-    with pytest.raises(trt.EngineBuildError, match="TensorRT's ONNX parser rejected .*bad.onnx: ") as e:
+    with pytest.raises(errors.EngineBuildError, match="TensorRT's ONNX parser rejected .*bad.onnx: ") as e:
         trt.build_serialized_engine(bad, [], progress=False)
     assert "\n" not in str(e.value)
 
 
-def test_build_tiny_engines_then_up_to_date(tmp_path, gpu):
-    export = pytest.importorskip("pid_trt.export", reason="the ONNX exporter is not in this tree yet")
+def test_build_tiny_engines_then_up_to_date(tmp_path, gpu, caplog):
     import tensorrt
 
-    from pid_trt.engines.build import make_plan, run_build
+    from pid_trt import export
+
+    from pid_trt.engines.build import run_build
+    from pid_trt.engines.plan import make_plan
     from pid_trt.engines.store import find_engine
     from pid_trt.tiny import tiny_net
 
@@ -46,8 +49,7 @@ def test_build_tiny_engines_then_up_to_date(tmp_path, gpu):
                                   precision="fp32")
     plan = make_plan(backbone=None, ckpt=None, precision=None, onnx_dir=onnx_dir, shapes=[(256, 256), (512, 256)],
                      batch=(1, 1, 2), engine_dir=tmp_path / "engines", opt_level=0)
-    messages = []
-    path = run_build(plan, progress=False, echo=messages.append)
+    path = run_build(plan, progress=False)
     sidecar = json.loads(path.read_text())
     assert sidecar["tensorrt_version"] == tensorrt.__version__
     assert sidecar["gpu"]["compute_capability"] == gpu.compute_capability
@@ -57,9 +59,10 @@ def test_build_tiny_engines_then_up_to_date(tmp_path, gpu):
         assert engine is not None and engine.num_optimization_profiles == 2
     assert plan.timing_cache_path(sidecar["tensorrt_version"], gpu).stat().st_size > 0
 
-    again = []
-    assert run_build(plan, progress=False, echo=again.append) == path
-    assert again == [f"up to date: {path}"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pid_trt"):
+        assert run_build(plan, progress=False) == path
+    assert caplog.messages == [f"up to date: {path}"]
     lookup = find_engine(plan.engine_dir, "flux", "2kto4k", "fp32", trt_version=tensorrt.__version__,
                          compute_capability=gpu.compute_capability, width=512, height=256, batch=2)
     assert lookup.require() == path

@@ -10,8 +10,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from pid_trt.cli import _register, cli
-from pid_trt.workflows.common import open_decoder, output_tag
-from pid_trt.workflows.generate import generate, ldm_size, parse_resolution
+from pid_trt.workflows.decode import output_tag
+from pid_trt.workflows.generate import generate, ldm_size
+from pid_trt.workflows.sources import open_decoder
 from tests.workflows.tiny_full import save_tiny_pipeline, tiny_full_pipeline
 
 CKPT = {"flux": "2k", "sd3": "2k", "sdxl": "2kto4k"}
@@ -37,10 +38,10 @@ def test_generate_passes_scheduler_sigmas_and_writes_layout(backbone, tmp_path):
         return decode(lq, y, sigma, **kw)
 
     dec.decode = spy
-    tag = output_tag(backbone, dec, 4, 1.0)
+    options = dec.options(steps=1)
+    tag = output_tag(dec, options, backbone)
     records = generate(pipe, dec, ["a red cat"], torch.randn(1, 8, 32), backbone=backbone, out_dir=tmp_path,
-                       tag=tag, resolution=RESOLUTION, ldm_steps=3, save_xt_steps=[1, 2], pid_steps=1,
-                       progress=False)
+                       resolution=RESOLUTION, ldm_steps=3, save_xt_steps=[1, 2], options=options, progress=False)
 
     sigmas = pipe.scheduler.sigmas.double()  # the schedule of the run just made
     expected = [float(sigmas[1]), float(sigmas[2]), float(sigmas[-1])]
@@ -59,15 +60,11 @@ def test_generate_passes_scheduler_sigmas_and_writes_layout(backbone, tmp_path):
 
 
 def test_resolution_rules():
-    assert parse_resolution("2048") == (2048, 2048)
-    assert parse_resolution("2688x1536") == parse_resolution("2688,1536") == (2688, 1536)
     assert ldm_size("flux", (2688, 1536), 4) == (672, 384)
     assert ldm_size("sdxl", (160, 96), 4) == (40, 24)  # sdxl's LDM grid is 8 px, the others' 16
     for backbone, size in (("flux", (160, 96)), ("sd3", (2050, 2048))):
         with pytest.raises(ValueError, match="cannot produce"):
             ldm_size(backbone, size, 4)
-    with pytest.raises(ValueError, match="width first"):
-        parse_resolution("big")
 
 
 @pytest.fixture(scope="module")

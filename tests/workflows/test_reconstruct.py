@@ -13,7 +13,9 @@ from safetensors.torch import save_file
 
 from pid_trt import latents as L
 from pid_trt.cli import _register, cli
-from pid_trt.workflows.common import open_decoder, resize
+from pid_trt.images import resize
+from pid_trt.workflows.decode import output_tag
+from pid_trt.workflows.sources import open_decoder
 from pid_trt.workflows.metrics import latent_consistency, psnr, ssim
 from pid_trt.workflows.reconstruct import Sample, add_noise, encode, load_image, normalize, reconstruct
 
@@ -99,7 +101,8 @@ def test_reconstruct_writes_layout_and_metrics(backbone, tmp_path):
     dec.decode = spy
     out = tmp_path / "out"
     records = reconstruct(vae, dec, [Sample("cat", tmp_path / "cat.png")], torch.randn(1, 8, 32), backbone=backbone,
-                          out_dir=out, tag="T", sigmas=[0.3, 0.0], pid_steps=1, progress=False)
+                          out_dir=out, sigmas=[0.3, 0.0], options=dec.options(steps=1), progress=False)
+    tag = output_tag(dec, dec.options(steps=1), backbone)
 
     clean = encode(backbone, vae, load_image(tmp_path / "cat.png")[None].float() / 127.5 - 1)
     assert [s for _, s, _, _ in seen] == [0.0, 0.3]  # sorted, as upstream
@@ -108,7 +111,7 @@ def test_reconstruct_writes_layout_and_metrics(backbone, tmp_path):
     assert all(seed == 5 and indices == [0] for _, _, seed, indices in seen)
     assert Image.open(out / "input" / "cat.jpg").size == (48, 32)
     for label in ("sigma_0.000", "sigma_0.300"):
-        assert Image.open(out / "T" / label / "cat.jpg").size == (192, 128)  # sr_scale 4 × the input
+        assert Image.open(out / tag / label / "cat.jpg").size == (192, 128)  # sr_scale 4 × the input
         assert Image.open(out / "vae_decode" / label / "cat.jpg").size == (48, 32)
         result = records[0]["sigmas"][label]
         for who in ("pid", "vae"):
@@ -156,7 +159,7 @@ def test_cli_reconstruct_manifest(vae_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--image", "missing.png"], "does not exist"),
     (["--manifest", "missing.jsonl"], "does not exist"),
-    (["--image", "a.png", "--sigma", "1.5"], "[0, 1]"),
+    (["--image", "a.png", "--sigma", "1.5"], "0<=x<=1"),
 ])
 def test_cli_reconstruct_errors(vae_dir, tmp_path, args, message):
     _image(tmp_path / "a.png")

@@ -6,18 +6,21 @@ reference with the same injected noise, and the images plus a JSON report are wr
 """
 from __future__ import annotations
 
+import logging
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any
 
-
-from pid_trt import __version__
+from pid_trt.atomic import atomic_write_json
+from pid_trt.config import VERSION
+from pid_trt.engines.detect import tensorrt_available
 from pid_trt.export import export_onnx
-from pid_trt.images import atomic_write_json, save_image
+from pid_trt.images import save_image
 from pid_trt.runtime import PiDDecoder
-from pid_trt.runtime.backends import tensorrt_available
 from pid_trt.sampler import sample, to_uint8
 from pid_trt.tiny import DEFAULT_STRUCTURE, tiny_inputs, tiny_net
+
+log = logging.getLogger(__name__)
 
 # the demo net has the flux v1.5 structure, so it is exported and built under that checkpoint's name
 DEMO_BACKBONE, DEMO_CKPT = "flux", "2kto4k_v1pt5"
@@ -25,32 +28,33 @@ DEMO_BACKBONE, DEMO_CKPT = "flux", "2kto4k_v1pt5"
 MAX_ABS, MAX_U8_OFF = 2e-3, 1e-3
 
 
-def _decoder(onnx_dir: pathlib.Path, out: pathlib.Path, size_wh: tuple[int, int], log) -> PiDDecoder:
+def _decoder(onnx_dir: pathlib.Path, out: pathlib.Path, size_wh: tuple[int, int]) -> PiDDecoder:
     if tensorrt_available():
-        from pid_trt.engines.build import make_plan, run_build
+        from pid_trt.engines.build import run_build
+        from pid_trt.engines.plan import make_plan
 
         plan = make_plan(backbone=DEMO_BACKBONE, ckpt=DEMO_CKPT, precision=None, onnx_dir=onnx_dir,
                          shapes=[size_wh], engine_dir=out / "engines")
-        run_build(plan, progress=False, echo=log)
+        run_build(plan, progress=False)
         return PiDDecoder.load(out / "engines", backend="tensorrt")
-    log("TensorRT is not available here: decoding with ONNX Runtime")
+    log.info("TensorRT is not available here: decoding with ONNX Runtime")
     return PiDDecoder.load(onnx_dir, backend="onnxruntime")
 
 
-def run_demo(out_dir: str | pathlib.Path, seed: int = 0, latent_hw: tuple[int, int] = (8, 12),
-             log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def run_demo(out_dir: str | pathlib.Path, seed: int = 0, latent_hw: tuple[int, int] = (8, 12)) -> dict[str, Any]:
+    """Export, decode, compare and write the images and `report.json`; returns the report."""
     out = pathlib.Path(out_dir)
     t0 = time.perf_counter()
     net = tiny_net(DEFAULT_STRUCTURE, seed=seed)
     inputs = tiny_inputs(net, latent_hw=latent_hw, seed=seed)
     z, y, sigma = inputs["lq_latent"], inputs["y"], inputs["degrade_sigma"]
-    log(f"exporting the tiny {DEFAULT_STRUCTURE} net to {out / 'onnx'}")
+    log.info("exporting the tiny %s net to %s", DEFAULT_STRUCTURE, out / "onnx")
     onnx_dir = export_onnx(out / "onnx", net=net, backbone=DEMO_BACKBONE, ckpt=DEMO_CKPT)
     t_export = time.perf_counter() - t0
 
     k = net.pixels_per_latent
     height, width = latent_hw[0] * k, latent_hw[1] * k
-    dec = _decoder(onnx_dir, out, (width, height), log)
+    dec = _decoder(onnx_dir, out, (width, height))
     noise = dec.noise_for((1, 3, height, width), 4, seed)
     steps_backend, steps_ref = {}, {}
     t1 = time.perf_counter()
@@ -67,7 +71,7 @@ def run_demo(out_dir: str | pathlib.Path, seed: int = 0, latent_hw: tuple[int, i
     save_image(u8[0], out / f"pid_{backend}.png")
     save_image(u8_ref[0], out / "reference.png")
     report = {
-        "pid_trt_version": __version__,
+        "pid_trt_version": VERSION,
         "net": f"tiny {DEFAULT_STRUCTURE} (flux v1.5 structure), seed {seed}, "
                f"{sum(p.numel() for p in net.parameters()):,} parameters",
         "backend": backend, "device": str(dec.backend.device),

@@ -1,0 +1,197 @@
+"""Where a decoder comes from: an engine directory, an ONNX export, a checkpoint, or a built-in tiny net.
+
+`open_decoder` opens the one decoder `decode`, `generate` and `reconstruct` run. `Sources` serves `parity` and
+`bench`: the same net on several backends (a tiny net is exported to ONNX once, when needed) and the fp32
+reference weights it must be compared with.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import pathlib
+import tempfile
+from typing import Any
+
+from pid_trt.errors import PiDInputError
+from pid_trt.runtime import PiDDecoder
+from pid_trt.tiny import DEFAULT_STRUCTURE
+
+log = logging.getLogger(__name__)
+
+
+def check_one_source(engine_dir: pathlib.Path | None, onnx_dir: pathlib.Path | None,
+                     checkpoint: pathlib.Path | None, tiny: bool = False) -> pathlib.Path | None:
+    """The one decoder source given (None for a tiny net); a one-line error for none or several."""
+    sources = [s for s in (engine_dir, onnx_dir, checkpoint) if s is not None]
+    if len(sources) + tiny != 1:
+        raise PiDInputError("give exactly one of --engine-dir, --onnx-dir or --checkpoint")
+    return sources[0] if sources else None
+
+
+def open_decoder(*, engine_dir: pathlib.Path | None = None, onnx_dir: pathlib.Path | None = None,
+                 checkpoint: pathlib.Path | None = None, tiny: bool = False, backbone: str | None = None,
+                 ckpt: str | None = None, backend: str | None = None, device: str | None = None,
+                 precision: str = "fp32", cuda_graph: bool = True) -> PiDDecoder:
+    """A PiDDecoder from exactly one source. With `backbone`, the source must hold that backbone's checkpoint.
+    `tiny=True` builds a small seeded random net with the structure of (backbone, ckpt), for tests and dry runs
+    without weights."""
+    from pid_trt.registry import resolve
+
+    source = check_one_source(engine_dir, onnx_dir, checkpoint, tiny)
+    entry = resolve(backbone, ckpt or "2k") if backbone else None
+    if tiny:
+        from pid_trt.tiny import tiny_net
+
+        if entry is None:
+            raise PiDInputError("--tiny needs --backbone (and --ckpt) to pick the net's structure")
+        net = tiny_net(entry.net.id, patch_depth=2, pixel_depth=1)
+        return PiDDecoder.from_net(net, device, precision, cuda_graph=cuda_graph, entry=entry)
+    dec = PiDDecoder.load(source, backend, device, backbone=backbone, ckpt=ckpt, precision=precision,
+                          cuda_graph=cuda_graph)
+    if entry is not None and dec.entry is not None and dec.entry.experiment != entry.experiment:
+        raise PiDInputError(f"{source} holds {dec.entry.experiment}, but --backbone {backbone} --ckpt "
+                            f"{entry.ckpt} needs {entry.experiment}")
+    if dec.entry is not None and dec.entry.note:
+        log.info(dec.entry.note)
+    return dec
+
+
+def load_candidate(source: pathlib.Path, backend: str | None, device: str | None, **kwargs: Any) -> PiDDecoder:
+    """`PiDDecoder.load`, with any failure to read the files reported as unusable input (exit 2), not a crash."""
+    from pid_trt.errors import PiDError
+
+    try:
+        return PiDDecoder.load(source, backend, device, **kwargs)
+    except PiDError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- ONNX Runtime, TensorRT and torch.load raise their own types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise PiDInputError(f"cannot load {source}: {first}") from None
+
+
+class Sources:
+    """Opens decoders for one source on several backends and finds the source's fp32 reference weights."""
+
+    def __init__(self, *, engine_dir: pathlib.Path | None = None, onnx_dir: pathlib.Path | None = None,
+                 checkpoint: pathlib.Path | None = None, backbone: str | None = None, ckpt: str | None = None,
+                 tiny_structure: str | None = None, tiny_seed: int | None = None, tiny_init: str = "tame",
+                 tiny_overrides: dict[str, Any] | None = None, device: str | None = None,
+                 precision: str | None = None, compile: bool = False, export_dir: pathlib.Path | None = None,
+                 reference_checkpoint: pathlib.Path | None = None, random_reference: bool = False):
+        files = [s for s in (engine_dir, onnx_dir, checkpoint) if s is not None]
+        if len(files) > 1:
+            raise PiDInputError("give at most one of --engine-dir, --onnx-dir or --checkpoint")
+        if tiny_structure is not None and files:
+            raise PiDInputError("--tiny builds its own net: drop --engine-dir/--onnx-dir/--checkpoint "
+                                "(use --tiny-seed to name an in-memory tiny export's weights)")
+        if checkpoint is not None and backbone is None:
+            raise PiDInputError("--checkpoint needs --backbone and --ckpt to know its net")
+        self.file = files[0] if files else None
+        self.kind = ("engines" if engine_dir else "onnx" if onnx_dir else "checkpoint" if checkpoint else "tiny")
+        self.backbone, self.ckpt, self.device, self.compile = backbone, ckpt, device, compile
+        self.precision = precision
+        self.tiny = (tiny_structure or DEFAULT_STRUCTURE, 0 if tiny_seed is None else tiny_seed, tiny_init,
+                     dict(tiny_overrides or {}))
+        self.tiny_seed = tiny_seed
+        self.export_dir = export_dir
+        self.reference_checkpoint = reference_checkpoint
+        self.random_reference = random_reference  # bench: any weights of the right shape will do
+        self._net = None
+        self._reference = None
+        self._stack = contextlib.ExitStack()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def describe(self) -> str:
+        """What is under test, for reports."""
+        return str(self.file) if self.file else self.describe_tiny()
+
+    def tiny_net(self):
+        if self._net is None:
+            from pid_trt.errors import ConfigError
+            from pid_trt.tiny import tiny_net
+
+            structure, seed, init, overrides = self.tiny
+            try:
+                self._net = tiny_net(structure, seed, init, **overrides)
+            except KeyError:
+                raise PiDInputError(f"unknown tiny structure {structure!r}") from None
+            except ConfigError as e:
+                raise PiDInputError(f"bad --tiny-override: {e}") from None
+        return self._net
+
+    def describe_tiny(self) -> str:
+        structure, seed, init, overrides = self.tiny
+        extra = "".join(f", {k}={v}" for k, v in overrides.items())
+        return f"tiny {structure} seed {seed} ({init}{extra})"
+
+    def _tiny_export(self, precision: str) -> pathlib.Path:
+        from pid_trt.export import export_onnx
+
+        out = self.export_dir
+        if out is None:
+            out = pathlib.Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="pid-trt-"))) / "onnx"
+        log.info("exporting the %s net to ONNX (%s) in %s ...", self.describe_tiny(), precision, out)
+        return export_onnx(out, net=self.tiny_net(), precision=precision)
+
+    def decoder(self, backend: str | None, cuda_graph: bool = True) -> PiDDecoder:
+        """The decoder under test on `backend` (None: what the source implies)."""
+        if self.kind == "tiny":
+            backend = backend or "torch"
+            if backend == "torch":
+                return PiDDecoder.from_net(self.tiny_net(), self.device, self._torch_precision(), self.compile,
+                                           cuda_graph=cuda_graph)
+            if backend == "onnxruntime":
+                return load_candidate(self._tiny_export(self.precision or "fp32"), "onnxruntime", self.device)
+            raise PiDInputError("a tiny net has no TensorRT engines here: build them with `pid-trt build` and pass "
+                                "--engine-dir (with --tiny-seed for the reference)")
+        if self.kind in ("onnx", "engines") and backend == "torch":  # the same net in torch
+            return PiDDecoder.from_net(self.reference_net()[0], self.device, self._torch_precision(), self.compile,
+                                       cuda_graph=cuda_graph)
+        return load_candidate(self.file, backend, self.device, backbone=self.backbone, ckpt=self.ckpt,
+                              precision=self._torch_precision() if self.kind == "checkpoint" else "fp32",
+                              compile=self.compile, cuda_graph=cuda_graph)
+
+    def _torch_precision(self) -> str:
+        p = self.precision or "fp32"
+        if p not in ("fp32", "bf16"):
+            raise PiDInputError(f"the torch backend runs fp32 or bf16 (autocast), not {p}")
+        return p
+
+    def reference_net(self):
+        """The fp32 weights of the net under test (see pid_trt.parity.reference_net) and how they were found."""
+        if self._reference is None:
+            self._reference = self._find_reference()
+        return self._reference
+
+    def _find_reference(self):
+        from pid_trt.export import read_manifest
+        from pid_trt.parity import reference_net
+
+        if self.kind == "tiny":
+            return self.tiny_net(), self.describe_tiny()
+        if self.kind == "checkpoint":
+            from pid_trt.registry import resolve
+
+            return reference_net(resolve(self.backbone, self.ckpt or "2k").net.config, None, checkpoint=self.file)
+        if self.kind == "onnx":
+            m = read_manifest(self.file)
+            meta = (m["net_config"], m["weights"]["sha256"], m["weights"].get("source"))
+        else:
+            meta = self._sidecar_meta()
+        if self.random_reference:
+            from pid_trt.export import build_net
+
+            return build_net(net_config=meta[0])[0], "random weights of the same shape"
+        return reference_net(*meta, checkpoint=self.reference_checkpoint, tiny_seed=self.tiny_seed,
+                             tiny_init=self.tiny[2])
+
+    def _sidecar_meta(self):
+        for path in sorted(self.file.glob("*.json")):
+            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+                sidecar = json.loads(path.read_text())
+                if isinstance(sidecar, dict) and sidecar.get("format") == "pid-trt-engine":
+                    return sidecar["net_config"], sidecar.get("weights_sha256"), None
+        raise PiDInputError(f"{self.file} holds no engine sidecar (*.json)")
