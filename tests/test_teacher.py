@@ -1,4 +1,4 @@
-"""The undistilled teacher sampler (pid-sampler.md §1.2–§1.3) against upstream's golden teacher runs."""
+"""The undistilled teacher sampler (docs/numerics.md §5) against upstream's golden teacher runs."""
 import json
 
 import pytest

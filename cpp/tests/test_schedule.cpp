@@ -17,7 +17,7 @@ const pidtrt::Sidecar& sidecar() {
     return sc;
 }
 
-// docs/pid-sampler.md §1.1: round(linspace(0, 4, N + 1)) picks from the 4-step list; N = 1 is t = 1.
+// docs/numerics.md §4: round(linspace(0, 4, N + 1)) picks from the 4-step list; N = 1 is t = 1.
 const std::vector<std::vector<double>> kTLists = {
     {},
     {1.0, 0.0},
@@ -68,7 +68,7 @@ TEST(unknown_step_count) {
 }
 
 TEST(plan_matches_the_upstream_table) {
-    // docs/pid-sampler.md §1.1, the 4-step table (fp32 values as doubles).
+    // docs/numerics.md §4, the 4-step table (fp32 values as doubles).
     const pidtrt::SamplerPlan plan = pidtrt::make_plan(sidecar(), 4);
     CHECK_EQ(plan.steps.size(), size_t(4));
     CHECK_EQ(plan.noise_draws, 4);
