@@ -84,6 +84,34 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + " | ".join(" -> ".join(c) for c in cycles)
 
 
+# docs/design.md "Layers": a module imports from its own layer or the ones before it
+LAYERS = [
+    ("pid_trt", "pid_trt.config", "pid_trt.errors", "pid_trt.atomic"),
+    ("pid_trt.registry",),
+    ("pid_trt.model", "pid_trt.checkpoint", "pid_trt.tiny", "pid_trt.latents", "pid_trt.text", "pid_trt.vae",
+     "pid_trt.images"),
+    ("pid_trt.sampler", "pid_trt.teacher"),
+    ("pid_trt.export",),
+    ("pid_trt.engines",),
+    ("pid_trt.runtime",),
+    ("pid_trt.parity", "pid_trt.bench"),
+    ("pid_trt.workflows", "pid_trt.diffusers", "pid_trt.serve"),
+    ("pid_trt.cli", "pid_trt.__main__"),
+]
+
+
+def _layer(module: str) -> int:
+    matches = [(len(prefix), i) for i, layer in enumerate(LAYERS) for prefix in layer
+               if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} belongs to no layer in docs/design.md"
+    return max(matches)[1]
+
+
+def test_data_flows_one_way():
+    upward = [f"{m} -> {t}" for m, targets in GRAPH.items() for t in targets if _layer(t) > _layer(m)]
+    assert not upward, upward
+
+
 def test_only_the_cli_imports_the_cli():
     offenders = {m: sorted(t for t in targets if t.startswith("pid_trt.cli"))
                  for m, targets in GRAPH.items()
