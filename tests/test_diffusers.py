@@ -5,6 +5,7 @@ The drop-in must equal, bit for bit, the explicit path: `pipe(..., output_type="
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -106,6 +107,18 @@ def test_drop_in_equals_the_explicit_path(backbone, encoder):
     stage.restore()
     assert type(pipe) is original and not stage.active
     assert torch.equal(run(pipe, options, "pt").images, vae_images)
+
+
+def test_any_decoder_backend(tiny_flux_onnx):
+    """An ONNX Runtime decoder (its backbone read from the export's manifest) drops in the same way."""
+    decoder = PiDDecoder.load(tiny_flux_onnx[1])
+    assert decoder.backend.name == "onnxruntime" and decoder.entry.backbone == "flux"
+    pipe, options = tiny_pipe("flux")
+    y = torch.randn(1, 8, 32)
+    lq, sigma = from_pipeline_output("flux", run(pipe, options, "latent").images, pipe, height=H, width=W)
+    with use_pid(pipe, decoder, caption_embedding=y, seed=SEED):
+        images = run(pipe, options, "pt").images
+    assert torch.equal(images, (decoder.decode(lq, y.expand(4, -1, -1), sigma, seed=SEED) + 1) / 2)
 
 
 def test_sigma_steps_defaults_and_a_positional_prompt():
@@ -246,3 +259,25 @@ def test_generate_decodes_x0_like_the_drop_in(tmp_path):
         pipe("a blue dog", height=H, width=W, num_inference_steps=LDM_STEPS, guidance_scale=LDM_DEFAULTS["flux"][1],
              generator=torch.Generator().manual_seed(5 + 1), **EXTRA_KWARGS["flux"])
     assert np.array_equal(to_uint8(stage.last.image)[0].permute(1, 2, 0).numpy(), saved)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason='TensorRT is not installed (pip install "pid-trt[tensorrt]")')
+def test_engine_decoder_asked_for_a_size_outside_its_profiles(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible")
+    from pid_trt.engines.build import make_plan, run_build
+    from pid_trt.export import export_onnx
+
+    net = tiny_net("V15-16", patch_depth=2, pixel_depth=1)
+    onnx_dir = export_onnx(tmp_path / "onnx", net=net, backbone="flux", ckpt="2kto4k_v1pt5", precision="fp32")
+    plan = make_plan(backbone=None, ckpt=None, precision=None, onnx_dir=onnx_dir, shapes=[(4 * W, 4 * H)],
+                     batch=(1, 1, 1), engine_dir=tmp_path / "engines", opt_level=0)
+    run_build(plan, progress=False, echo=lambda message: None)
+    pipe, _ = tiny_pipe("flux")
+    with use_pid(pipe, PiDDecoder.load(tmp_path / "engines"), caption_embedding=torch.randn(1, 8, 32)):
+        inside = pipe("a red cat", height=H, width=W, num_inference_steps=1, output_type="pt").images
+        assert inside.shape == (1, 3, 4 * H, 4 * W)
+        one_line_error(f"{4 * W}x{4 * W} batch 1 lies outside every engine profile", pipe, "a red cat", height=W,
+                       width=W, num_inference_steps=1, output_type="pt")
