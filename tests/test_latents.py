@@ -128,9 +128,10 @@ def test_bad_inputs_raise_one_line_input_errors(backbone, latents, kwargs, match
 from tests.tiny_pipelines import BATCH, HEIGHT, STEPS, TINY, WIDTH, run_tiny  # noqa: E402
 
 
-@pytest.mark.parametrize("backbone,dtype_name", [("flux", "fp32"), ("sd3", "fp32"), ("sdxl", "fp32"),
-                                                 ("flux2-klein-4b", "fp32"), ("flux2-klein-4b", "bf16"),
-                                                 ("zimage", "bf16")])
+@pytest.mark.parametrize("backbone,dtype_name", [("flux", "fp32"), ("flux2", "fp32"), ("sd3", "fp32"),
+                                                 ("sdxl", "fp32"), ("flux2-klein-4b", "fp32"),
+                                                 ("flux2-klein-4b", "bf16"), ("zimage", "bf16"),
+                                                 ("qwenimage", "fp32")])
 def test_tiny_pipeline_end_to_end(backbone, dtype_name):
     dtype = DTYPES[dtype_name]
     pipe, final, captured = run_tiny(backbone, dtype)
@@ -149,6 +150,8 @@ def test_tiny_pipeline_end_to_end(backbone, dtype_name):
     last, _ = L.from_pipeline_output(backbone, captured[STEPS], pipe, step=STEPS, height=HEIGHT, width=WIDTH)
     if backbone == "flux":  # unpacked the way diffusers unpacks it
         assert torch.equal(lq, pipe._unpack_latents(captured[STEPS], HEIGHT, WIDTH, pipe.vae_scale_factor))
+    if backbone == "qwenimage":  # the same, without the video VAE's frame axis
+        assert torch.equal(lq, pipe._unpack_latents(captured[STEPS], HEIGHT, WIDTH, pipe.vae_scale_factor)[:, :, 0])
     if backbone == "flux2-klein-4b":  # diffusers' BN inverse + our BN forward round-trips the last packed tokens
         torch.testing.assert_close(lq, last, **({} if dtype == torch.float32 else dict(rtol=0.016, atol=0.04)))
     if backbone == "zimage":  # Z-Image keeps fp32 latents in a bf16 pipeline: x0 stays fp32, captures are cast

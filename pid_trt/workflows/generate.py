@@ -20,20 +20,14 @@ from typing import Any
 
 import torch
 
+from pid_trt.diffusers import PIPELINE_CLASSES, decode_pipeline_latents
 from pid_trt.errors import MissingDependencyError, PiDInputError
 from pid_trt.images import resize, save_image, side_by_side
-from pid_trt.latents import canonical_backbone, from_pipeline_output
+from pid_trt.latents import canonical_backbone
 from pid_trt.runtime import PiDDecoder
 from pid_trt.sampler import SamplerOptions, to_uint8
 from pid_trt.workflows.decode import Captions, caption_row, check_captions, output_tag
 
-# The diffusers pipeline class each backbone's LDM is.
-PIPELINE_CLASSES = {
-    "flux": "FluxPipeline", "flux2": "Flux2Pipeline", "flux2-klein-4b": "Flux2KleinPipeline",
-    "flux2-klein-9b": "Flux2KleinPipeline", "zimage": "ZImagePipeline", "zimage-turbo": "ZImagePipeline",
-    "sd3": "StableDiffusion3Pipeline", "sdxl": "StableDiffusionXLPipeline", "qwenimage": "QwenImagePipeline",
-    "qwenimage-2512": "QwenImagePipeline",
-}
 # upstream's per-backbone LDM steps and guidance defaults
 LDM_DEFAULTS = {"flux": (28, 3.5), "sd3": (28, 4.0), "sdxl": (30, 7.5), "flux2": (50, 4.0),
                 "flux2-klein-4b": (4, 1.0), "flux2-klein-9b": (4, 1.0), "qwenimage": (50, 4.0),
@@ -95,9 +89,9 @@ def load_pipeline(model_dir: str | pathlib.Path, backbone: str, device: str | to
 
 def run_ldm(pipeline: Any, backbone: str, prompt: str, *, width: int, height: int, steps: int,
             guidance_scale: float, seed: int, save_xt_steps: Sequence[int] = (),
-            **pipeline_kwargs: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
-    """Run the LDM once; → {label: (lq_latent [1, C, h, w], degrade_sigma [1], scheduler σ)} for each capture
-    ("{K:02d}xt", ascending) and "x0"."""
+            **pipeline_kwargs: Any) -> dict[str, tuple[torch.Tensor, int | None, float]]:
+    """Run the LDM once; → {label: (latents as the pipeline holds them, scheduler steps taken or None for x0,
+    scheduler σ)} for each capture ("{K:02d}xt", ascending) and "x0"."""
     name = canonical_backbone(backbone)
     captured: dict[int, torch.Tensor] = {}
     wanted = set(save_xt_steps)
@@ -113,12 +107,8 @@ def run_ldm(pipeline: Any, backbone: str, prompt: str, *, width: int, height: in
                      guidance_scale=guidance_scale, generator=generator, output_type="latent",
                      callback_on_step_end=capture, callback_on_step_end_tensor_inputs=["latents"], **kwargs).images
     sigmas = pipeline.scheduler.sigmas  # the schedule of this run (dynamic shifts depend on the size)
-    out = {}
-    for k in sorted(wanted):
-        lq, sigma = from_pipeline_output(name, captured[k], pipeline, step=k, height=height, width=width)
-        out[f"{k:02d}xt"] = (lq, sigma, float(sigmas[k]))
-    lq, sigma = from_pipeline_output(name, final, pipeline, height=height, width=width)
-    out["x0"] = (lq, sigma, float(sigmas[-1]))
+    out = {f"{k:02d}xt": (captured[k], k, float(sigmas[k])) for k in sorted(wanted)}
+    out["x0"] = (final, None, float(sigmas[-1]))
     return out
 
 
@@ -155,10 +145,11 @@ def generate(pipeline: Any, decoder: PiDDecoder, prompts: Sequence[str], caption
                   "ldm_steps": ldm_steps, "guidance_scale": guidance_scale, "ldm_seconds": round(time.perf_counter() - t0, 4), "steps": {}}
         y = caption_row(captions, i)
         row_vae, row_pid = [], []
-        for label, (lq, sigma, scheduler_sigma) in results.items():
+        for label, (latents, taken, scheduler_sigma) in results.items():
             t0 = time.perf_counter()
-            image = decoder.decode(lq, y, sigma, seed=seed, indices=[i], options=options,
-                                   negative_embedding=negative_embedding)
+            image, lq, sigma = decode_pipeline_latents(pipeline, decoder, latents, y, backbone=name, step=taken,
+                                                       height=height, width=width, seed=seed, indices=[i],
+                                                       options=options, negative_embedding=negative_embedding)
             step = {"sigma": float(sigma[0]), "scheduler_sigma": scheduler_sigma,
                     "pid_seconds": round(time.perf_counter() - t0, 4)}
             pid_u8 = to_uint8(image)[0]

@@ -20,7 +20,7 @@ from pid_trt.workflows.metrics import latent_consistency, psnr, ssim
 from pid_trt.workflows.reconstruct import Sample, add_noise, encode, load_image, normalize, reconstruct
 
 diffusers = pytest.importorskip("diffusers")
-from tests.workflows.tiny_full import tiny_vae
+from tests.tiny_pipelines import tiny_vae
 
 CKPT = {"flux": "2k", "sdxl": "2kto4k"}
 CHANNELS = {"flux": 16, "sdxl": 4}

@@ -1,12 +1,11 @@
 """Complete tiny diffusers pipelines (text encoders, tokenizers, VAE) built in code and saved to a folder, so that
 `DiffusionPipeline.from_pretrained(dir, local_files_only=True)` loads them like a real model directory."""
-import os
 import pathlib
 
 import pytest
 import torch
 
-from tests.tiny_pipelines import TINY
+from tests.tiny_pipelines import build_tiny
 
 WORDS = ["<pad>", "<unk>", "<s>", "</s>", "a", "photo", "of", "the", "red", "blue", "cat", "dog", "on", "grass"]
 
@@ -33,35 +32,22 @@ def _t5(transformers):
         eos_token_id=3, decoder_start_token_id=0))
 
 
-def tiny_vae(diffusers, latent_channels: int):
-    """A tiny AutoencoderKL with the real /8 factor (4 blocks); 16 latent channels for flux/sd3, 4 for sdxl."""
-    return diffusers.AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                                   up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=latent_channels,
-                                   norm_num_groups=4, layers_per_block=1)
-
-
 def tiny_full_pipeline(backbone: str):
     """FluxPipeline / StableDiffusion3Pipeline / StableDiffusionXLPipeline with every component, random weights."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    diffusers = pytest.importorskip("diffusers")
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    pipe, _ = TINY[backbone][0](diffusers)
+    pipe, _ = build_tiny(backbone)
     parts = dict(pipe.components)
     # widths chosen to fit the tiny denoisers (joint/cross attention 32, pooled 32)
     if backbone == "flux":
         parts.update(text_encoder=_clip(transformers, 32), tokenizer=_tokenizer(transformers, 77),
-                     text_encoder_2=_t5(transformers), tokenizer_2=_tokenizer(transformers, 512),
-                     vae=tiny_vae(diffusers, 16))
+                     text_encoder_2=_t5(transformers), tokenizer_2=_tokenizer(transformers, 512))
     elif backbone == "sd3":
         parts.update(text_encoder=_clip(transformers, 16, 16), tokenizer=_tokenizer(transformers, 77),
                      text_encoder_2=_clip(transformers, 16, 16), tokenizer_2=_tokenizer(transformers, 77),
-                     text_encoder_3=_t5(transformers), tokenizer_3=_tokenizer(transformers, 512),
-                     vae=tiny_vae(diffusers, 16))
+                     text_encoder_3=_t5(transformers), tokenizer_3=_tokenizer(transformers, 512))
     elif backbone == "sdxl":
         parts.update(text_encoder=_clip(transformers, 16), tokenizer=_tokenizer(transformers, 77),
-                     text_encoder_2=_clip(transformers, 16, 32), tokenizer_2=_tokenizer(transformers, 77),
-                     vae=tiny_vae(diffusers, 4))
+                     text_encoder_2=_clip(transformers, 16, 32), tokenizer_2=_tokenizer(transformers, 77))
     else:
         raise ValueError(f"no full tiny pipeline for {backbone}")
     pipe = type(pipe)(**parts)
