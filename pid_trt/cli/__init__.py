@@ -30,10 +30,10 @@ def cli() -> None:
 def _register() -> None:
     # Each command lives in its own module; importing them here keeps `pid_trt.cli` the one entry point.
     from pid_trt.cli import (bench_cmd, build_cmd, decode_cmd, demo_cmd, embed, engines_cmd, export_cmd,
-                             generate_cmd, inspect_cmd, parity_cmd, reconstruct_cmd)
+                             generate_cmd, inspect_cmd, parity_cmd, reconstruct_cmd, serve_cmd)
 
     for mod in (demo_cmd, export_cmd, build_cmd, engines_cmd, decode_cmd, generate_cmd, reconstruct_cmd, parity_cmd,
-                bench_cmd, embed, inspect_cmd):
+                bench_cmd, serve_cmd, embed, inspect_cmd):
         if mod.command.name not in cli.commands:
             cli.add_command(mod.command)
 
