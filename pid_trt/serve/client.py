@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import torch
+import urllib3
 
 from pid_trt.errors import PiDError
 from pid_trt.serve.protocol import API_VERSION, Decoded, decode_images
@@ -30,8 +32,6 @@ class Client:
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, retries: int = 10, backoff: float = 0.5,
                  backoff_max: float = 8.0, timeout: float = 600.0, connect_timeout: float = 10.0):
-        import urllib3
-
         base = url.rstrip("/")
         self.url = base.removesuffix(f"/{API_VERSION}")
         retry = urllib3.Retry(total=retries, connect=retries, read=retries, status=retries, other=retries,
@@ -42,8 +42,6 @@ class Client:
                                          timeout=urllib3.Timeout(connect=connect_timeout, read=timeout))
 
     def _request(self, method: str, route: str, body: bytes | None = None, headers: dict | None = None):
-        import urllib3
-
         url = f"{self.url}/{API_VERSION}/{route}"
         try:
             response = self._http.request(method, url, body=body, headers=headers)
@@ -86,8 +84,6 @@ class Client:
         else:
             body = json.dumps({"lq_latent": z.tolist(), "degrade_sigma": sigma.tolist(), "prompt": prompt}).encode()
             content_type = "application/json"
-        from urllib.parse import urlencode
-
         response = self._request("POST", f"decode?{urlencode(query)}", body=body,
                                  headers={"Content-Type": content_type})
         images, seeds = decode_images(response.data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from typing import Any
 
 import torch
@@ -28,9 +29,10 @@ class DecodeService:
         if decoder.sampler != "student":
             raise PiDInputError("serving undistilled teacher checkpoints (CFG with a negative prompt) is not "
                                 "supported; serve a distilled student checkpoint")
-        from pid_trt.engines.profiles import parse_size
+        from pid_trt.engines.profiles import parse_size, pixels_per_latent
 
         self.decoder = decoder
+        self.pixels_per_latent = pixels_per_latent(decoder.net_config)
         self.config = config
         self.caption_encoder = caption_encoder
         self.caption_cache = caption_cache
@@ -80,8 +82,8 @@ class DecodeService:
     def accepted_sizes(self) -> list[str]:
         if self.profiles is not None:
             return [p.describe() for p in self.profiles]
-        k = self.decoder.net_config["latent_spatial_down_factor"] * self.decoder.net_config["sr_scale"]
-        return [f"multiples of {k} up to {self.max_size[0]}x{self.max_size[1]}, batch 1..{self.config.max_batch_size}"]
+        (w, h), k = self.max_size, self.pixels_per_latent
+        return [f"multiples of {k} up to {w}x{h}, batch 1..{self.config.max_batch_size}"]
 
     # -- requests ------------------------------------------------------------------------------------------
     def prepare(self, request: DecodeRequest) -> DecodeRequest:
@@ -120,7 +122,7 @@ class DecodeService:
 
     def _chunks(self, reqs: list[DecodeRequest]) -> list[list[int]]:
         """Positions in `reqs` (all of one shape), in runs of at most `batch_limit` images each."""
-        k = self.decoder.net_config["latent_spatial_down_factor"] * self.decoder.net_config["sr_scale"]
+        k = self.pixels_per_latent
         h, w = reqs[0].lq_latent.shape[2:]
         limit = self.batch_limit(w * k, h * k)
         chunks: list[list[int]] = []
@@ -150,9 +152,10 @@ class DecodeService:
         return out
 
     def warm_up(self) -> None:
-        """One decode at the smallest accepted size: lazy initialisation happens before the replica is ready."""
+        """One decode (the smallest size; TensorRT: the first profile's optimum), so that lazy initialisation
+        happens before the replica is ready. Its size warning (a tiny size is outside the trained range) is muted."""
         cfg = self.decoder.net_config
-        k = cfg["latent_spatial_down_factor"] * cfg["sr_scale"]
+        k = self.pixels_per_latent
         if self.profiles is not None:
             p = self.profiles[0]
             batch, hw = p.batch[0], (p.height[1] // k, p.width[1] // k)
@@ -160,7 +163,9 @@ class DecodeService:
             batch, hw = 1, (max(1, cfg["patch_size"] // k),) * 2
         z = torch.zeros(batch, cfg["lq_latent_channels"], *hw)
         y = torch.zeros(batch, cfg["txt_max_length"], cfg["txt_embed_dim"])
-        self.decoder.decode(z, y, 0.0, output="uint8")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.decoder.decode(z, y, 0.0, output="uint8")
         log.info("decoder warmed up at latent %sx%s", hw[1], hw[0])
 
     # -- reporting -----------------------------------------------------------------------------------------
@@ -185,7 +190,7 @@ class DecodeService:
             "backend": be.name, "device": str(be.device),
             "weights_sha256": weights,
             "latent_channels": cfg["lq_latent_channels"],
-            "pixels_per_latent": cfg["latent_spatial_down_factor"] * cfg["sr_scale"],
+            "pixels_per_latent": self.pixels_per_latent,
             "caption": {"max_length": cfg["txt_max_length"], "embed_dim": cfg["txt_embed_dim"],
                         "prompts": self.caption_encoder is not None},
             "sizes": self.accepted_sizes(),
