@@ -4,7 +4,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("ray.serve", reason="pid-trt serve needs Ray Serve: pip install 'pid-trt[serve]'")
 
-from pid_trt.cli import _register, cli  # noqa: E402
+from pid_trt.cli import _register, cli
 
 
 @pytest.mark.parametrize("args, message", [
