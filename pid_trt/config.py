@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import math
 import pathlib
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,16 @@ MAX_TEACHER_STEPS = 1000
 TEACHER_CFG = 5.0
 TEACHER_STATIC_SHIFT = 6.0
 V15_DYNAMIC_SHIFT = (6.0, 2048)  # (base shift, base image size) of the v1.5 teachers
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """An output size, width first: "WxH" (also "W×H", "W,H"), or "N" for N×N → (width, height)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×,]\s*(\d+)\s*)?", str(text))
+    if not m or int(m[1]) == 0 or (m[2] is not None and int(m[2]) == 0):
+        raise ConfigError(f"{text!r} is not a size: use WIDTHxHEIGHT with positive numbers, e.g. 4096x3072 "
+                          "(also W,H, or N for NxN)")
+    width = int(m[1])
+    return width, int(m[2]) if m[2] is not None else width
 
 
 # -- the net configuration -----------------------------------------------------------------------------------

@@ -10,16 +10,20 @@ import torch.nn.functional as F
 from pid_trt.atomic import atomic_write_bytes
 
 
-def save_image(u8: torch.Tensor, path: str | pathlib.Path, quality: int = 95) -> None:
-    """Save one uint8 [3,H,W] image as PNG (lossless) or JPEG (quality 95, like upstream) by the file suffix."""
+def encode_image(u8: torch.Tensor, fmt: str = "png", quality: int = 95) -> bytes:
+    """One uint8 [3, H, W] image as PNG (lossless) or JPEG (quality 95, like upstream) file bytes."""
     from PIL import Image
 
-    path = pathlib.Path(path)
-    img = Image.fromarray(u8.permute(1, 2, 0).cpu().numpy(), "RGB")
+    fmt = "JPEG" if fmt.lower() in ("jpg", "jpeg") else "PNG"
     buf = io.BytesIO()
-    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    img.save(buf, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
-    atomic_write_bytes(path, buf.getvalue())
+    Image.fromarray(u8.permute(1, 2, 0).cpu().numpy(), "RGB").save(buf, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def save_image(u8: torch.Tensor, path: str | pathlib.Path, quality: int = 95) -> None:
+    """Save one uint8 [3,H,W] image as PNG or JPEG, by the file suffix, atomically."""
+    path = pathlib.Path(path)
+    atomic_write_bytes(path, encode_image(u8, path.suffix.lstrip(".") or "png", quality))
 
 
 def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -81,10 +81,11 @@ def _register() -> None:
         inspect_cmd,
         parity_cmd,
         reconstruct_cmd,
+        serve_cmd,
     )
 
     for mod in (demo_cmd, export_cmd, build_cmd, engines_cmd, decode_cmd, generate_cmd, reconstruct_cmd, parity_cmd,
-                bench_cmd, embed_cmd, inspect_cmd):
+                bench_cmd, serve_cmd, embed_cmd, inspect_cmd):
         if mod.command.name not in cli.commands:
             cli.add_command(mod.command)
 

@@ -7,14 +7,14 @@ import json
 import logging
 import math
 import pathlib
-import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from pid_trt.config import BACKENDS, EXPORT_PRECISIONS, TINY_STRUCTURE, TORCH_PRECISIONS
+from pid_trt.config import BACKENDS, EXPORT_PRECISIONS, TINY_STRUCTURE, TORCH_PRECISIONS, parse_size
+from pid_trt.errors import ConfigError
 
 PATH = click.Path(path_type=pathlib.Path)
 FILE = click.Path(dir_okay=False, path_type=pathlib.Path)
@@ -86,12 +86,10 @@ class SizeType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
         if isinstance(value, tuple):
             return value
-        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×,]\s*(\d+)\s*)?", str(value))
-        if not m or int(m[1]) == 0 or (m[2] is not None and int(m[2]) == 0):
-            self.fail(f"{value!r} is not a size: use WIDTHxHEIGHT with positive numbers, e.g. 4096x3072 "
-                      "(also W,H, or N for NxN)", param, ctx)
-        width = int(m[1])
-        return width, int(m[2]) if m[2] is not None else width
+        try:
+            return parse_size(value)
+        except ConfigError as e:
+            self.fail(str(e), param, ctx)
 
 
 SIZE = SizeType()
