@@ -41,9 +41,9 @@ def test_safetensors_loads(tmp_path):
 
 
 def test_wrong_net_names_offenders(pth):
-    cfg = {**case_config(CASE), "lq_latent_channels": 4}
+    net_config = {**case_config(CASE), "lq_latent_channels": 4}
     with pytest.raises(CheckpointError, match=r"lq_proj.latent_proj.0.weight has shape") as e:
-        load_net(pth, cfg)
+        load_net(pth, net_config)
     assert "\n" not in str(e.value)
 
 

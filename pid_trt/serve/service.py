@@ -152,15 +152,15 @@ class DecodeService:
     def warm_up(self) -> None:
         """One decode (the smallest size; TensorRT: the first profile's optimum), so that lazy initialisation
         happens before the replica is ready. Its size warning (a tiny size is outside the trained range) is muted."""
-        cfg = self.decoder.net_config
+        net_config = self.decoder.net_config
         k = self.pixels_per_latent
         if self.profiles is not None:
             p = self.profiles[0]
             batch, hw = p.batch[0], (p.height[1] // k, p.width[1] // k)
         else:
-            batch, hw = 1, (max(1, cfg["patch_size"] // k),) * 2
-        z = torch.zeros(batch, cfg["lq_latent_channels"], *hw)
-        y = torch.zeros(batch, cfg["txt_max_length"], cfg["txt_embed_dim"])
+            batch, hw = 1, (max(1, net_config.patch_size // k),) * 2
+        z = torch.zeros(batch, net_config.lq_latent_channels, *hw)
+        y = torch.zeros(batch, net_config.text_limit, net_config.txt_embed_dim)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.decoder.decode(z, y, 0.0, output="uint8")
@@ -175,7 +175,7 @@ class DecodeService:
 
     def info(self) -> dict[str, Any]:
         """What /v1/info reports: the model, what it accepts, the batching limits and this replica's counters."""
-        dec, cfg = self.decoder, self.decoder.net_config
+        dec, net_config = self.decoder, self.decoder.net_config
         entry = dec.entry
         be = dec.backend
         record = getattr(be, "manifest", None) or getattr(be, "sidecar", None) or {}
@@ -187,9 +187,9 @@ class DecodeService:
             "precision": record.get("precision") or getattr(be, "precision", self.config.precision),
             "backend": be.name, "device": str(be.device),
             "weights_sha256": weights,
-            "latent_channels": cfg["lq_latent_channels"],
+            "latent_channels": net_config.lq_latent_channels,
             "pixels_per_latent": self.pixels_per_latent,
-            "caption": {"max_length": cfg["txt_max_length"], "embed_dim": cfg["txt_embed_dim"],
+            "caption": {"max_length": net_config.text_limit, "embed_dim": net_config.txt_embed_dim,
                         "prompts": self.caption_encoder is not None},
             "sizes": self.accepted_sizes(),
             "max_batch_size": self.config.max_batch_size, "batch_wait_ms": self.config.batch_wait_ms,

@@ -13,13 +13,13 @@ def flux2_manifest(precision: str = "bf16", text_dim: Any = "text_len") -> dict[
     """The manifest `pid-trt export --backbone flux2 --ckpt 2kto4k` writes (V15-F2: 128-ch latent, PiT injection),
     with the exporter's dims: x is [batch, 3, 64*lat_h, 64*lat_w], features [batch, 4*lat_h, 4*lat_w, D]."""
     entry = resolve("flux2", "2kto4k")
-    cfg = entry.net.config
-    feats = [{"name": n, "dtype": "float32", "shape": ["batch", "4*lat_h", "4*lat_w", cfg["hidden_size"]],
+    net_config = entry.net.config
+    feats = [{"name": n, "dtype": "float32", "shape": ["batch", "4*lat_h", "4*lat_w", net_config["hidden_size"]],
               "role": "latent injection feature"} for n in [f"lq_feat_{i}" for i in range(7)] + ["lq_feat_pit"]]
     pixels = ["batch", 3, "64*lat_h", "64*lat_w"]
     return {
         "format": "pid-trt-onnx", "format_version": 1, "pid_trt_version": "0.1.0",
-        "backbone": "flux2", "ckpt": entry.ckpt, "net_definition": entry.net.id, "net_config": cfg.to_dict(),
+        "backbone": "flux2", "ckpt": entry.ckpt, "net_definition": entry.net.id, "net_config": net_config.to_dict(),
         "precision": precision, "weights": {"source": "random", "sha256": "a" * 64},
         "latent": {"channels": 128, "down_factor": 16, "sr_scale": 4},
         "text": {"max_length": 300, "embed_dim": 2304},

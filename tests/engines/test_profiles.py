@@ -80,11 +80,11 @@ def test_parse_batch():
 
 def test_input_shapes_follow_the_profile():
     manifest = flux2_manifest()
-    cfg = manifest["net_config"]
+    net_config = manifest["net_config"]
     profile = Profile("dynamic", "dynamic", (1, 1, 2), (1536, 2496, 4096), (1536, 2496, 3072))
-    cond = input_shapes(manifest["graphs"]["cond"], profile, cfg)
+    cond = input_shapes(manifest["graphs"]["cond"], profile, net_config)
     assert cond == {"lq_latent": ((1, 128, 24, 24), (1, 128, 39, 39), (2, 128, 48, 64))}
-    denoise = input_shapes(manifest["graphs"]["denoise"], profile, cfg)
+    denoise = input_shapes(manifest["graphs"]["denoise"], profile, net_config)
     assert denoise["x"] == ((1, 3, 1536, 1536), (1, 3, 2496, 2496), (2, 3, 3072, 4096))
     assert denoise["y"] == ((1, 300, 2304), (1, 300, 2304), (2, 300, 2304))  # text length fixed
     assert denoise["degrade_sigma"] == ((1,), (1,), (2,))
