@@ -142,12 +142,15 @@ def _u8_diff(a: torch.Tensor, b: torch.Tensor) -> dict:
 def _tool() -> pathlib.Path | None:
     """A pidtrt-decode built with TensorRT: $PIDTRT_BUILD_DIR or build/, else built into build-trt/ when CMake finds
     TensorRT ($TENSORRT_ROOT: headers and libnvinfer; the pip wheels ship no headers)."""
+    def with_tensorrt(build: pathlib.Path) -> bool:  # CMake found TensorRT, so the decoder was built
+        cache = build / "CMakeCache.txt"
+        text = cache.read_text() if cache.is_file() else ""
+        return "TensorRT_LIBRARY:FILEPATH=/" in text and "TensorRT_INCLUDE_DIR:PATH=/" in text
+
     dirs = [pathlib.Path(os.environ["PIDTRT_BUILD_DIR"])] if os.environ.get("PIDTRT_BUILD_DIR") else []
     for build in [*dirs, ROOT / "build", ROOT / "build-trt"]:
-        tool = build / "cpp" / "pidtrt-decode"
-        cache = build / "CMakeCache.txt"
-        if tool.is_file() and cache.is_file() and "TensorRT_LIBRARY:FILEPATH=/" in cache.read_text():
-            return tool
+        if (build / "cpp" / "pidtrt-decode").is_file() and with_tensorrt(build):
+            return build / "cpp" / "pidtrt-decode"
     if not (os.environ.get("TENSORRT_ROOT") and shutil.which("cmake") and shutil.which("nvcc")):
         return None
     build = ROOT / "build-trt"
@@ -155,8 +158,7 @@ def _tool() -> pathlib.Path | None:
                 ["cmake", "--build", str(build), "-j8", "--target", "pidtrt-decode"]):
         if subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False).returncode != 0:
             return None
-    tool = build / "cpp" / "pidtrt-decode"
-    return tool if "TensorRT_LIBRARY:FILEPATH=/" in (build / "CMakeCache.txt").read_text() else None
+    return build / "cpp" / "pidtrt-decode" if with_tensorrt(build) else None
 
 
 def _inputs(net_config, device, draws: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
