@@ -78,9 +78,8 @@ def test_tensorrt_backend_capture_needs_a_gpu():
 ])
 def test_spy_catches(what, body):
     x = torch.empty(3, device=DEVICE)
-    with pytest.raises(CaptureViolation, match=what):
-        with capture_spy():
-            body(x)
+    with pytest.raises(CaptureViolation, match=what), capture_spy():
+        body(x)
 
 
 def test_spy_allows_host_arithmetic_device_factories_and_generators():

@@ -78,9 +78,11 @@ def test_open_decoder_binds_the_decoders_gpu(monkeypatch):
 
     bound = []
 
+    class Backend:
+        device = torch.device("cuda", 3)
+
     class Decoder:
-        class backend:  # noqa: N801 -- a stand-in namespace
-            device = torch.device("cuda", 3)
+        backend = Backend
 
     monkeypatch.setattr(sources.PiDDecoder, "from_net", lambda *a, **k: Decoder())
     monkeypatch.setattr(sources, "use_device", bound.append)
