@@ -1,14 +1,14 @@
 """Every exported structure at every reduced precision is a graph TensorRT 10's ONNX parser takes and whose attention
 it can fuse (the rules of tests/tensorrt_onnx.py, onnx-tensorrt's support matrix in tests/data/tensorrt).
 
-The seven official structures, shrunk (2 patch blocks, 1 pixel block), at fp16, bf16 and fp8; fp32 graphs are checked
-in tests/test_export.py on that module's exports. The fp8 graphs are the fp16 exports (fp8's default base) with the
-Q/DQ pass applied to a copy, which is what `export_onnx(precision="fp8")` does after the same export
-(tests/test_export_fp8.py runs that end to end); this keeps the sweep at one trace per structure and precision.
-The V15-16 exports are labelled as the flux teacher checkpoint, so their manifests and sidecars show the teacher.
+The seven official structures, shrunk (the `shallow_exports` fixture of tests/conftest.py), at fp16 and fp8 here and
+at bf16 in tests/test_export_tensorrt_bf16.py (a module of its own, so the two sweeps run on both pytest-xdist
+workers); fp32 graphs are checked in tests/test_export.py on that module's exports. The fp8 graphs are the fp16
+exports with the Q/DQ pass applied to a copy, which is what `export_onnx(precision="fp8")` does after the same trace
+(tests/test_export_fp8.py runs that end to end). The V15-16 exports are labelled as the flux teacher checkpoint, so
+their manifests and sidecars show the teacher.
 """
 import json
-import shutil
 import subprocess
 
 import onnx
@@ -18,34 +18,11 @@ from pid_trt.config import NET_DEFINITIONS
 from pid_trt.engines.build import make_sidecar
 from pid_trt.engines.detect import GpuInfo
 from pid_trt.engines.plan import make_plan
-from pid_trt.export import export_onnx, read_manifest
-from pid_trt.export.fp8 import DEFAULT_BASE, calibrate, quantize_fp8
-from pid_trt.tiny import tiny_net
+from pid_trt.export import read_manifest
 from tests.tensorrt_onnx import MATRIX, problems
 
 STRUCTURES = sorted(NET_DEFINITIONS)
-PRECISIONS = ("fp16", "bf16", "fp8")
-TEACHER = {"V15-16": {"backbone": "flux", "ckpt": "2kto4k_v1pt5_teacher"}}  # labels of in-memory nets
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    cache = {}
-
-    def get(structure: str, precision: str):
-        if (structure, precision) not in cache:
-            if precision == "fp8":
-                net, base_dir = get(structure, DEFAULT_BASE)
-                out = tmp_path_factory.mktemp("fp8") / structure
-                shutil.copytree(base_dir, out)
-                quantize_fp8(out / "denoise.onnx", net, calibrate(net), DEFAULT_BASE)
-            else:
-                net = tiny_net(structure, seed=3, patch_depth=2, pixel_depth=1)
-                out = export_onnx(tmp_path_factory.mktemp(precision) / structure, net=net, precision=precision,
-                                  **TEACHER.get(structure, {}))
-            cache[structure, precision] = (net, out)
-        return cache[structure, precision]
-    return get
+PRECISIONS = ("fp16", "fp8")
 
 
 def test_support_matrix_is_tensorrt_10():
@@ -56,8 +33,8 @@ def test_support_matrix_is_tensorrt_10():
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("structure", STRUCTURES)
-def test_graphs_meet_tensorrt_import_and_fusion_rules(exports, structure, precision):
-    _, out = exports(structure, precision)
+def test_graphs_meet_tensorrt_import_and_fusion_rules(shallow_exports, structure, precision):
+    _, out = shallow_exports(structure, precision)
     graphs = read_manifest(out)["graphs"]
     for graph in graphs.values():
         assert problems(out / graph["file"]) == [], (structure, precision, graph["file"])
@@ -67,8 +44,8 @@ def test_graphs_meet_tensorrt_import_and_fusion_rules(exports, structure, precis
 
 
 @pytest.mark.slow
-def test_teacher_export_and_its_engines_say_teacher(exports, tmp_path):
-    _, out = exports("V15-16", "fp16")
+def test_teacher_export_and_its_engines_say_teacher(shallow_exports, tmp_path):
+    _, out = shallow_exports("V15-16", "fp16")
     manifest = read_manifest(out)
     sampler = manifest["sampler"]
     assert sampler["kind"] == "teacher" and "t_lists" not in sampler
