@@ -81,4 +81,18 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["passed"] and result["smoke"] and [r["size"] for r in result["sizes"]] == ["64x64", "64x96"]
     assert all(r["identical"] and r["eager"]["ms"] > 0 and r["graph"]["tflops"] > 0 for r in result["sizes"])
+    assert result["tensorrt"] == {"status": "skipped", "reason": "--smoke runs on the CPU; TensorRT needs a GPU"}
     assert "PASS" in proc.stdout.splitlines()[-1]
+
+
+def test_gpu_check_says_why_tensorrt_is_skipped():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    part = gpu_check.tensorrt_part(gpu_check.parse_args([]), 0.0)
+    if importlib.util.find_spec("tensorrt") is None:
+        assert part == {"status": "skipped", "reason": 'TensorRT is not importable here (pip install "pid-trt[tensorrt]")'}
+    else:
+        assert part["status"] in ("ran", "skipped")

@@ -96,3 +96,22 @@ def test_print_schedule_reports_a_bad_sidecar(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ")
     assert "unsupported format_version 2" in result.stderr
+
+
+def test_teacher_fixture_says_what_the_exporter_writes():
+    from pid_trt.export.manifest import sampler_block
+    from pid_trt.registry import resolve
+
+    teacher = json.loads(data_file("sidecar", "pid_tiny_teacher_fixture.json").read_text())
+    assert teacher["sampler"] == json.loads(json.dumps(sampler_block(resolve("flux", "2kto4k_v1pt5_teacher"))))
+    assert teacher["sampler"]["kind"] == "teacher" and "t_lists" not in teacher["sampler"]
+    assert all(p["batch"][2] == 2 * 2 for p in teacher["profiles"] if p["kind"] == "dynamic")  # guidance: 2B
+
+
+def test_cpp_runtime_refuses_teacher_engines():
+    tool = _tool()
+    fixture = data_file("sidecar", "pid_tiny_teacher_fixture.json")
+    result = subprocess.run([str(tool), "--print-schedule", str(fixture)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "undistilled teacher checkpoint" in result.stderr and "pid-trt decode" in result.stderr

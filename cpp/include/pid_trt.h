@@ -53,7 +53,7 @@ typedef enum pidtrt_status {
     PIDTRT_STATUS_IO_ERROR = 2,         /* a file could not be read */
     PIDTRT_STATUS_FORMAT_ERROR = 3,     /* the sidecar is malformed or of another format_version */
     PIDTRT_STATUS_NOT_FOUND = 4,        /* no t-list for that step count, no profile for that shape */
-    PIDTRT_STATUS_UNSUPPORTED = 5,      /* the library was built without TensorRT */
+    PIDTRT_STATUS_UNSUPPORTED = 5,      /* built without TensorRT, or engines this runtime cannot run (teacher) */
     PIDTRT_STATUS_CUDA_ERROR = 6,
     PIDTRT_STATUS_TENSORRT_ERROR = 7,
     PIDTRT_STATUS_INTERNAL_ERROR = 8
@@ -78,7 +78,8 @@ PIDTRT_API int pidtrt_has_tensorrt(void);
 typedef struct pidtrt_sidecar pidtrt_sidecar;
 
 /* Opens a sidecar: `path` is either the <name>.json file or an engine directory holding exactly
- * one *.json sidecar. */
+ * one *.json sidecar. PIDTRT_STATUS_UNSUPPORTED for engines of an undistilled teacher checkpoint
+ * (sampler kind "teacher"): this runtime implements only the distilled student sampler. */
 PIDTRT_API pidtrt_status pidtrt_sidecar_open(const char* path, pidtrt_sidecar** out);
 PIDTRT_API void pidtrt_sidecar_close(pidtrt_sidecar* sidecar); /* NULL is a no-op */
 

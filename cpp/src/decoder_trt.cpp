@@ -165,6 +165,7 @@ struct ShapeEntry {
     std::map<std::string, DeviceBuffer> features;  // cond outputs = denoise inputs, by name
     // (steps, injected noise, output format, round latent) -> graph
     std::map<std::tuple<int, bool, int, bool>, GraphExec> graphs;
+    bool capture_failed = false;  // then this shape runs without graphs (one warning, no retries)
     uint64_t last_used = 0;
 
     size_t sample_elements() const { return size_t(batch) * 3 * height * width; }
@@ -175,6 +176,7 @@ public:
     TrtDecoder(const std::string& engine_dir, const pidtrt_decoder_options& options)
         : options_(options), sidecar_(load_sidecar(engine_dir)) {
         DeviceGuard device(options_.device);
+        warn_if_other_gpu_model();
         runtime_.reset(nv::createInferRuntime(logger_));
         if (!runtime_) throw Error(PIDTRT_STATUS_TENSORRT_ERROR, "cannot create the TensorRT runtime" + logger_.last_error());
         cond_engine_ = load_engine(sidecar_.cond_engine_file);
@@ -262,13 +264,15 @@ public:
                        "copying the injected noise");
         }
         const bool round_latent = p.latent_rounding == PIDTRT_LATENT_ROUND_BF16;
-        if (options_.use_cuda_graph) {
-            GraphExec& graph = e.graphs[{steps, injected, p.output_format, round_latent}];
-            if (!graph) graph = capture(e, plan, injected, p.output_format, round_latent);
-            check_cuda(cudaGraphLaunch(graph.get(), stream), "cudaGraphLaunch");
-        } else {
-            enqueue_decode(e, plan, injected, p.output_format, round_latent, stream);
+        GraphExec* graph = nullptr;
+        if (options_.use_cuda_graph && !e.capture_failed) {
+            graph = &e.graphs[{steps, injected, p.output_format, round_latent}];
+            if (!*graph) *graph = capture(e, plan, injected, p.output_format, round_latent);
         }
+        if (graph && *graph)
+            check_cuda(cudaGraphLaunch(graph->get(), stream), "cudaGraphLaunch");
+        else  // no CUDA graphs, or this shape could not be captured: the same work, enqueued directly
+            enqueue_decode(e, plan, injected, p.output_format, round_latent, stream);
         const size_t out_bytes = e.sample_elements() * (p.output_format == PIDTRT_OUTPUT_F32_NCHW ? sizeof(float) : 1);
         check_cuda(cudaMemcpyAsync(p.output, e.output.get(), out_bytes, cudaMemcpyDefault, stream), "copying the output");
         check_cuda(cudaEventRecord(done_, stream), "cudaEventRecord");
@@ -377,6 +381,9 @@ private:
     }
 
     std::unique_ptr<ShapeEntry> make_entry(int batch, int width, int height, int profile) {
+        // Every context shares scratch_: the profile switch and warm-up below must not run while a previous
+        // (asynchronous) decode still executes on it (TensorRT: undefined behaviour), so they wait for it.
+        check_cuda(cudaStreamWaitEvent(capture_stream_, done_, 0), "cudaStreamWaitEvent");
         auto e = std::make_unique<ShapeEntry>();
         e->batch = batch;
         e->width = width;
@@ -456,23 +463,46 @@ private:
                    "output kernel");
     }
 
+    // Captures the decode; on failure returns an empty GraphExec, marks the shape to run without graphs, clears the
+    // CUDA error state the failed capture left behind and says so once (the caller then enqueues directly).
     GraphExec capture(ShapeEntry& e, const SamplerPlan& plan, bool injected, int format, bool round_latent) {
         check_cuda(cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
         cudaGraph_t graph = nullptr;
+        std::string failure;
         try {
             enqueue_decode(e, plan, injected, format, round_latent, capture_stream_);
-        } catch (...) {
-            cudaStreamEndCapture(capture_stream_, &graph);
-            if (graph) cudaGraphDestroy(graph);
-            throw;
+        } catch (const Error& error) {
+            failure = error.what();
         }
-        check_cuda(cudaStreamEndCapture(capture_stream_, &graph),
-                   "capturing the decode in a CUDA graph (set use_cuda_graph = 0 to run without)");
+        const cudaError_t ended = cudaStreamEndCapture(capture_stream_, &graph);
+        if (failure.empty() && ended != cudaSuccess) failure = std::string("cudaStreamEndCapture: ") + cudaGetErrorName(ended);
         cudaGraphExec_t exec = nullptr;
-        const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
-        cudaGraphDestroy(graph);
-        check_cuda(status, "cudaGraphInstantiate");
-        return GraphExec(exec);
+        if (failure.empty()) {
+#if CUDART_VERSION >= 12000
+            const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+#else
+            const cudaError_t made = cudaGraphInstantiate(&exec, graph, nullptr, nullptr, 0);
+#endif
+            if (made != cudaSuccess) failure = std::string("cudaGraphInstantiate: ") + cudaGetErrorName(made);
+        }
+        if (graph) cudaGraphDestroy(graph);
+        if (failure.empty()) return GraphExec(exec);
+        cudaGetLastError();  // clear the error the failed capture left, so no later check reports it
+        e.capture_failed = true;
+        std::fprintf(stderr, "[pidtrt] warning: could not capture the %dx%d batch %d decode in a CUDA graph (%s); "
+                             "running it without graphs\n", e.width, e.height, e.batch, failure.c_str());
+        return GraphExec();
+    }
+
+    // Engines are tuned for the GPU model that built them; another model of the same compute capability runs them,
+    // maybe slower (TensorRT warns too), so say so and how to fix it.
+    void warn_if_other_gpu_model() const {
+        cudaDeviceProp prop{};
+        if (cudaGetDeviceProperties(&prop, options_.device) != cudaSuccess || sidecar_.gpu_name == "(unknown GPU)") return;
+        if (sidecar_.gpu_name != prop.name)
+            std::fprintf(stderr, "[pidtrt] warning: %s was built on %s, this GPU is %s: it runs, but its kernels were "
+                                 "tuned on the other model; rebuild it here (pid-trt build --force) for this GPU's speed\n",
+                         sidecar_.name.c_str(), sidecar_.gpu_name.c_str(), prop.name);
     }
 
     pidtrt_decoder_options options_;

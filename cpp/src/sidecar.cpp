@@ -90,6 +90,11 @@ std::vector<float> parse_t_list(const Reader& sampler, const std::string& key, c
 void parse_sampler(const Reader& root, Sidecar& sc) {
     const Reader sampler = root.object("sampler");
     const std::string kind = sampler.string("kind");
+    if (kind == "teacher")
+        throw Error(PIDTRT_STATUS_UNSUPPORTED,
+                    "sidecar " + sc.path + ": " + sc.name + " holds an undistilled teacher checkpoint (sampler kind " +
+                        "'teacher': DPM-Solver++ with classifier-free guidance); the C++ runtime runs only the " +
+                        "distilled student sampler, so decode it with the Python runtime (pid-trt decode --engine-dir)");
     if (kind != "distilled")
         sampler.fail("sampler kind '" + kind + "' is not supported by the C++ runtime (only 'distilled')");
     const double timescale = sampler.number("timescale");

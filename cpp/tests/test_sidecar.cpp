@@ -150,3 +150,13 @@ TEST(bad_values) {
     doc["profiles"] = json::array();
     expect_format_error(doc, "'profiles' must be a non-empty list");
 }
+
+TEST(teacher_engines_are_refused) {
+    json doc = fixture();
+    doc["sampler"] = {{"kind", "teacher"}, {"timescale", 1000.0}, {"default_steps", 25}, {"default_cfg", 5.0},
+                      {"time_grid", {{"rule", "time_uniform_flow"}, {"t_end", 0.001}}}};
+    CHECK_THROWS(pidtrt::parse_sidecar(doc.dump(), "teacher.json"), Error,
+                 e.status() == PIDTRT_STATUS_UNSUPPORTED && check::contains(e.what(), "teacher checkpoint") &&
+                     check::contains(e.what(), "only the distilled student sampler") &&
+                     check::contains(e.what(), "pid-trt decode"));
+}

@@ -16,7 +16,9 @@ from pid_trt.config import DEFAULT_ENGINE_DIR, ENGINE_PRECISIONS
 @size_option("--shape", multiple=True,
              help="Output size for a static profile (repeatable). Replaces the default profiles.")
 @click.option("--dynamic", is_flag=True, help="A dynamic profile over the trained size range (with --size: added).")
-@click.option("--batch", default="1", show_default=True, metavar="MIN:OPT:MAX", help="Batch range of every profile.")
+@click.option("--batch", default="1", show_default=True, metavar="MIN:OPT:MAX",
+              help="Images per decode of every profile (N, MIN:MAX or MIN:OPT:MAX); teacher checkpoints also get the "
+                   "guidance batch 2N.")
 @click.option("--engine-dir", type=DIR, default=DEFAULT_ENGINE_DIR, show_default=True)
 @click.option("--timing-cache", type=FILE,
               help="TensorRT timing cache file (default: per TensorRT version and GPU under ENGINE_DIR/timing-cache/).")

@@ -27,6 +27,7 @@ def command(prompts, text_encoder, prompt_file, max_length, dtype, device, out, 
     Each prompt is encoded on its own and cached per prompt, keyed by the encoder files' sha256.
     """
     from pid_trt.errors import PiDInputError
+    from pid_trt.runtime.device import resolve_device
     from pid_trt.text import embed_prompts
     from pid_trt.workflows.inputs import read_prompt_file
 
@@ -35,6 +36,7 @@ def command(prompts, text_encoder, prompt_file, max_length, dtype, device, out, 
     prompts = list(prompts) + (read_prompt_file(prompt_file) if prompt_file else [])
     if not prompts:
         raise PiDInputError("no prompts given; pass them as arguments or with --prompt-file")
-    y, hits = embed_prompts(prompts, text_encoder, out, max_length=max_length, dtype=dtype, device=device,
+    y, hits = embed_prompts(prompts, text_encoder, out, max_length=max_length, dtype=dtype,
+                            device=str(resolve_device(device)),
                             cache_dir=None if no_cache else cache_dir, use_cache=not no_cache)
     result(f"wrote {out}: y {list(y.shape)} float32 for {len(prompts)} prompt(s) ({hits} cache hits)")

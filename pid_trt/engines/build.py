@@ -13,7 +13,7 @@ from pid_trt.engines import trt
 from pid_trt.engines.detect import GpuInfo, gpu_info, tensorrt_version
 from pid_trt.engines.plan import BuildPlan
 from pid_trt.engines.profiles import input_shapes
-from pid_trt.engines.store import FORMAT, FORMAT_VERSION, GRAPHS, EngineStore, find_engine
+from pid_trt.engines.store import FORMAT, FORMAT_VERSION, GRAPHS, EngineStore, find_engine, gpu_model_note
 from pid_trt.export.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ def run_build(plan: BuildPlan, *, force: bool = False, progress: bool = True) ->
                              compute_capability=gpu.compute_capability, onnx_manifest=manifest, name=name)
         if lookup.found and not force:
             log.info("up to date: %s", lookup.sidecar_path)
+            note = gpu_model_note(lookup.sidecar, gpu.name)
+            if note:
+                log.warning(note)
             return lookup.sidecar_path
         log.info(lookup.rebuild_reason() or f"building {name}")
         cache_path = plan.timing_cache_path(trt_version, gpu)

@@ -10,8 +10,8 @@ from types import ModuleType
 
 from pid_trt.errors import EngineBuildError, MissingDependencyError, PiDError
 
-INSTALL_HINT = ('install it with: pip install "pid-trt[tensorrt]" '
-                "(or: pip install tensorrt-cu13 --extra-index-url https://pypi.nvidia.com)")
+INSTALL_HINT = ('install it with: pip install "pid-trt[tensorrt]" (CUDA 13, driver R580+) or '
+                '"pid-trt[tensorrt-cu12]" (CUDA 12, driver R525+); see README.md, Install')
 
 
 def load_tensorrt() -> ModuleType:
@@ -34,25 +34,27 @@ class GpuInfo:
     compute_capability: str  # "9.0"
 
 
-def gpu_info() -> GpuInfo:
-    """The GPU engines are built for (device 0, as TensorRT uses it)."""
+def gpu_info(index: int | None = None) -> GpuInfo:
+    """A CUDA GPU's model and compute capability (default: the current device, the one TensorRT uses)."""
     import torch
 
     if not torch.cuda.is_available():
         raise EngineBuildError("no CUDA GPU is visible to PyTorch; TensorRT engines are built on the GPU "
                                "that will run them (check the driver, CUDA_VISIBLE_DEVICES and a CUDA PyTorch)")
-    major, minor = torch.cuda.get_device_capability(0)
-    return GpuInfo(torch.cuda.get_device_name(0), f"{major}.{minor}")
+    index = torch.cuda.current_device() if index is None else index
+    major, minor = torch.cuda.get_device_capability(index)
+    return GpuInfo(torch.cuda.get_device_name(index), f"{major}.{minor}")
 
 
-def detect_local() -> tuple[str | None, GpuInfo | None]:
-    """This machine's TensorRT version and GPU, None where unavailable (dry runs and listings work without)."""
+def detect_local(index: int | None = None) -> tuple[str | None, GpuInfo | None]:
+    """This machine's TensorRT version and GPU `index` (default: the current device), None where unavailable (dry
+    runs and listings work without)."""
     try:
         version = tensorrt_version()
     except MissingDependencyError:
         return None, None
     try:
-        return version, gpu_info()
+        return version, gpu_info(index)
     except PiDError:
         return version, None
 

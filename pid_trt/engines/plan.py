@@ -16,12 +16,14 @@ from pid_trt.engines.detect import GpuInfo
 from pid_trt.engines.profiles import Profile, Range, plan_profiles, profile_set_hash
 from pid_trt.engines.store import GRAPHS, UNKNOWN, engine_name
 from pid_trt.errors import ConfigError
+from pid_trt.export.fp8 import BASE_PRECISIONS
 from pid_trt.export.manifest import read_manifest
 from pid_trt.registry import Entry, resolve
 
 PRECISIONS = ENGINE_PRECISIONS
-WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
-ACTIVATION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 2}  # fp8 graphs keep activations in 16 bit between Q/DQ
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}  # fp8: the FP8 Linear layers; the rest is 16-bit
+# bytes per activation; an fp8 graph keeps its activations in its 16-bit base precision between the Q/DQ pairs
+ACTIVATION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 2}
 
 
 @dataclass
@@ -112,8 +114,24 @@ def make_plan(*, backbone: str | None, ckpt: str | None, precision: str | None, 
                      timing_cache, opt_level, workspace_bytes)
 
 
-def weight_bytes(params: int, precision: str) -> int:
-    return params * WEIGHT_BYTES[precision]
+def fp8_params(net_config: NetConfig) -> int:
+    """Parameters of the Linear layers an fp8 export quantizes (counted on the meta device: no memory)."""
+    import torch
+
+    from pid_trt.export.fp8 import fp8_linear_names
+    from pid_trt.model import PiDNet
+
+    with torch.device("meta"):
+        net = PiDNet(net_config)
+    return sum(net.get_submodule(name).weight.numel() for name in fp8_linear_names(net))
+
+
+def weight_bytes(params: int, precision: str, net_config: NetConfig) -> int:
+    """Weight memory of both engines: fp8 stores its FP8 Linear layers in 1 byte and the rest in 16 bits."""
+    if precision != "fp8":
+        return params * WEIGHT_BYTES[precision]
+    quantized = fp8_params(net_config)
+    return quantized * WEIGHT_BYTES["fp8"] + (params - quantized) * WEIGHT_BYTES[BASE_PRECISIONS[0]]
 
 
 def activation_bytes(profile: Profile, net_config: NetConfig, precision: str) -> int:
@@ -147,12 +165,21 @@ def describe_plan(plan: BuildPlan, trt_version: str | None = None, gpu: GpuInfo 
     else:
         onnx = f"{plan.onnx_dir} (to be exported: cond.onnx, denoise.onnx, manifest.json)"
     params = plan.params
-    weights = (f"{params:,} params × {WEIGHT_BYTES[plan.precision]} B = {gib(weight_bytes(params, plan.precision))}"
-               if params else "unknown (custom net config)")
+    if not params:
+        weights = "unknown (custom net config)"
+    elif plan.precision == "fp8":
+        quantized = fp8_params(plan.net_config)
+        weights = (f"{params:,} params: {quantized:,} in FP8 Linear layers × 1 B + {params - quantized:,} × 2 B = "
+                   f"{gib(weight_bytes(params, plan.precision, plan.net_config))}")
+    else:
+        weights = (f"{params:,} params × {WEIGHT_BYTES[plan.precision]} B = "
+                   f"{gib(weight_bytes(params, plan.precision, plan.net_config))}")
     lines = [
         f"net:          {plan.backbone} {e.ckpt} ({e.net.id}, {e.experiment})",
         *([f"note:         {e.note}"] if e.note else []),
         f"precision:    {plan.precision} (strongly typed: the ONNX graph carries the types)",
+        f"sampler:      {e.sampler}" + (" (guidance runs [uncond; cond] as one batch of 2B: profile batches span "
+                                        "B..2B)" if e.sampler == "teacher" else ""),
         f"ONNX:         {onnx}",
         f"TensorRT:     {trt_version or UNKNOWN + ' (not installed here)'}",
         f"GPU:          {f'{gpu.name} (SM {gpu.compute_capability})' if gpu else UNKNOWN}",
@@ -181,13 +208,13 @@ def plan_json(plan: BuildPlan, trt_version: str | None = None, gpu: GpuInfo | No
     params = plan.params
     return {
         "backbone": plan.backbone, "ckpt": e.ckpt, "net_definition": e.net.id, "experiment": e.experiment,
-        "note": e.note or None, "precision": plan.precision, "onnx_dir": str(plan.onnx_dir),
+        "note": e.note or None, "precision": plan.precision, "sampler": e.sampler, "onnx_dir": str(plan.onnx_dir),
         "onnx_exists": plan.manifest is not None, "tensorrt_version": trt_version,
         "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability} if gpu else None,
         "engine_dir": str(plan.engine_dir), "engine_name": plan.name(trt_version, gpu),
         "timing_cache": str(plan.timing_cache_path(trt_version, gpu)), "opt_level": plan.opt_level,
         "workspace_bytes": plan.workspace_bytes,
-        "weight_bytes": weight_bytes(params, plan.precision) if params else None,
+        "weight_bytes": weight_bytes(params, plan.precision, plan.net_config) if params else None,
         "profile_hash": plan.profile_hash,
         "profiles": [{**p.to_json(), "activation_bytes": activation_bytes(p, plan.net_config, plan.precision)}
                      for p in plan.profiles],

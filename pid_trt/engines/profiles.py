@@ -113,15 +113,25 @@ def trained_buckets(entry: Entry) -> list[tuple[int, int]]:
     return list(dict.fromkeys(sizes))
 
 
+def guidance_batch(batch: Range) -> Range:
+    """The engine batch range for `batch` images per decode of a guided teacher: with cfg != 1 every denoise call
+    runs [uncond; cond] as one batch of 2B (cond runs at B; cfg 1 at B too), so the range spans B..2B, opt at 2B."""
+    lo, opt, hi = batch
+    return lo, 2 * opt, 2 * hi
+
+
 def plan_profiles(entry: Entry | None, net_config: NetConfig, *, shapes: Iterable[tuple[int, int]] = (),
                   dynamic: bool = False, batch: Range = (1, 1, 1)) -> tuple[list[Profile], list[str]]:
     """The profile set for a build, and warnings about sizes outside the trained range.
 
     No `shapes` and not `dynamic`: the default (static trained buckets + a dynamic fallback; fixed-size
     backbones: 2048×2048 only). `shapes`: one static profile each. `dynamic`: the dynamic profile over the
-    trained range (widened to cover `shapes`).
+    trained range (widened to cover `shapes`). `batch` counts images per decode; teacher checkpoints get the
+    guidance batch on top (`guidance_batch`).
     """
     shapes = list(dict.fromkeys(shapes))
+    if entry is not None and entry.sampler == "teacher":
+        batch = guidance_batch(batch)
     warnings = [w for w in (check_size(w, h, net_config, entry) for w, h in shapes) if w]
     if entry is None and not shapes:
         raise ConfigError("without a known backbone there is no trained size range; pass --shape WxH")

@@ -84,6 +84,18 @@ def check_compatible(sidecar: dict[str, Any], *, trt_version: str | None, comput
     return reasons
 
 
+def gpu_model_note(sidecar: dict[str, Any], gpu_name: str | None) -> str | None:
+    """A warning when the engine was built on another GPU model of the same compute capability (it loads and runs,
+    but its kernels were chosen by timing on the other model; TensorRT itself warns that this may cost speed or even
+    fail), else None. Compute capability decides usability (`check_compatible`); the model only warns."""
+    built = (sidecar.get("gpu") or {}).get("name")
+    if gpu_name is None or built is None or built == gpu_name:
+        return None
+    return (f"{sidecar.get('name') or 'engine'} was built on {built}, this GPU is {gpu_name} (same compute capability, "
+            "so it runs, but its kernels were tuned on the other model): rebuild here with `pid-trt build --force` "
+            "for this GPU's speed")
+
+
 @dataclass
 class StoredEngine:
     """One engine name found in a directory, finished or not."""
@@ -252,8 +264,11 @@ def list_engines(engine_dir: str | pathlib.Path) -> list[tuple]:
             reasons = item.problems + check_compatible(s, trt_version=trt_version, compute_capability=capability)
             statics = sum(p["kind"] == "static" for p in s["profiles"])
             profiles = f"{statics} static" + (" + dynamic" if len(s["profiles"]) > statics else "")
+            status = "; ".join(reasons) if reasons else "ok"
+            if not reasons and gpu_model_note(s, gpu.name if gpu else None):
+                status = f"ok (tuned on {s['gpu']['name']}, not this {gpu.name}: --force a rebuild for its speed)"
             rows.append((item.name, f"{s['backbone']}/{s['ckpt']}", s["precision"], profiles, s["tensorrt_version"],
-                         s["gpu"]["compute_capability"], size, "ok" if not reasons else "; ".join(reasons)))
+                         s["gpu"]["compute_capability"], size, status))
         except (KeyError, TypeError) as e:
             rows.append((item.name, "-", "-", "-", "-", "-", size, f"malformed sidecar (no {e})"))
     return rows

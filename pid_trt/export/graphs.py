@@ -122,11 +122,14 @@ def feature_names(net: PiDNet) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 # Reduced precision: weights in fp16/bf16, fp32 islands where upstream's autocast keeps fp32 or ranges demand it
 
+HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
-def softmax_fp32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention with the score softmax in fp32 (half-precision graphs); numerically SDPA for fp32 inputs."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
-    return torch.matmul(scores.softmax(-1).to(v.dtype), v)
+
+def export_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention in the form TensorRT fuses: q is scaled by 1/√head_dim *before* the first MatMul (its fused-attention
+    rule), and the score softmax runs in fp32 (half-precision graphs cast around it; fp32 graphs have no casts)."""
+    scores = torch.matmul(q * (q.shape[-1] ** -0.5), k.transpose(-1, -2))
+    return torch.matmul(scores.float().softmax(-1).to(v.dtype), v)
 
 
 def _cast_inputs(dtype):
@@ -141,26 +144,25 @@ def _cast_to_weight(module, args):
 
 @contextlib.contextmanager
 def precision_policy(net: PiDNet, precision: str):
-    """Cast weights for `precision` in place: Linear layers run in fp16/bf16; RMSNorm statistics, the latent
-    convs and GroupNorm, the σ-gates, tables and softmax stay fp32 (the ONNX graph is strongly typed: every tensor carries its type)."""
+    """Cast weights for `precision` in place and install `export_attention` (every precision) for the export.
+
+    fp16/bf16: Linear layers run in half precision; RMSNorm statistics, the latent convs and GroupNorm, the σ-gates,
+    tables and the attention softmax stay fp32 (the ONNX graph is strongly typed: every tensor carries its type)."""
     from pid_trt import model as model_mod
 
-    if precision == "fp32":
-        yield net
-        return
-
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    net.to(dtype)
-    for m in net.modules():
-        # the latent convs run once per decode: fp32 costs little, and ONNX Conv has no bf16 before opset 22
-        if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.Conv2d)) or type(m).__name__ == "SigmaGate":
-            m.float()
-            m.register_forward_pre_hook(_cast_inputs(torch.float32))
-        elif isinstance(m, nn.Linear) and m.weight.dtype == dtype:
-            m.register_forward_pre_hook(_cast_to_weight)
-    net.y_pos_embedding.data = net.y_pos_embedding.data.float()
+    if precision != "fp32":
+        dtype = HALF_DTYPES[precision]
+        net.to(dtype)
+        for m in net.modules():
+            # the latent convs run once per decode: fp32 costs little, and ONNX Conv has no bf16 before opset 22
+            if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.Conv2d)) or type(m).__name__ == "SigmaGate":
+                m.float()
+                m.register_forward_pre_hook(_cast_inputs(torch.float32))
+            elif isinstance(m, nn.Linear) and m.weight.dtype == dtype:
+                m.register_forward_pre_hook(_cast_to_weight)
+        net.y_pos_embedding.data = net.y_pos_embedding.data.float()
     saved = model_mod.attention
-    model_mod.attention = softmax_fp32_attention  # the module-level function both attention classes call
+    model_mod.attention = export_attention  # the module-level function both attention classes call
     try:
         yield net
     finally:

@@ -26,7 +26,8 @@ def _describe(path: pathlib.Path) -> dict[str, Any]:
         "nodes": len(model.graph.node),
         "inputs": [f"{i.name}{dims(i)}" for i in model.graph.input],
         "outputs": [f"{o.name}{dims(o)}" for o in model.graph.output],
-        **{k: v for k, v in meta.items() if k != "t_lists"},
+        **{k: v for k, v in meta.items() if k not in ("t_lists", "sampler")},
+        **({"sampler": json.loads(meta["sampler"])["kind"]} if "sampler" in meta else {}),
     }
 
 

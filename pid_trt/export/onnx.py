@@ -2,7 +2,7 @@
 
 The output directory is self-describing (docs/formats.md): ONNX files, external data when large, and a
 `manifest.json` (pid_trt.export.manifest) naming every tensor, the net config, precision, weights hash and the
-sampler t-lists.
+checkpoint's sampler (the student's t-lists, or the teacher's time grid and guidance).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,11 +23,11 @@ from pid_trt.atomic import atomic_write_json, umask
 from pid_trt.checkpoint import sha256_file, weights_digest
 from pid_trt.config import EXPORT_PRECISIONS, VERSION, match_net_definition
 from pid_trt.errors import PiDInputError
+from pid_trt.export.fp8 import BASE_PRECISIONS, DEFAULT_BASE, Calibration, calibrate, quantize_fp8
 from pid_trt.export.graphs import CondGraph, DenoiseGraph, SingleGraph, export_view, feature_names, precision_policy
-from pid_trt.export.manifest import FORMAT, FORMAT_VERSION
+from pid_trt.export.manifest import FORMAT, FORMAT_VERSION, sampler_block
 from pid_trt.model import PiDNet
 from pid_trt.registry import resolve
-from pid_trt.sampler import t_lists
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,11 @@ def build_net(*, backbone: str | None = None, ckpt: str | None = None, net_confi
 def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckpt: str | None = None,
                 net_config: Mapping[str, Any] | None = None, checkpoint: str | pathlib.Path | None = None,
                 precision: str = "fp32", single: bool = False, net: PiDNet | None = None,
-                calibration: Callable | None = None) -> pathlib.Path:
+                calibration: Calibration | None = None, fp8_base: str = DEFAULT_BASE) -> pathlib.Path:
     """Export cond.onnx + denoise.onnx (or model.onnx with `single=True`) and manifest.json into `out_dir`.
 
+    fp8: the graphs are exported in `fp8_base` precision (fp16 or bf16) and the denoise graph gets FP8 Q/DQ, with
+    scales from max calibration over reference decodes of `calibration` (default: `fp8.default_calibration`).
     The directory appears only when complete (written to a temporary sibling, then renamed).
     """
     if precision not in EXPORT_PRECISIONS:
@@ -167,19 +169,28 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
         log.warning("no --checkpoint given: exporting RANDOM weights of the official shape "
                     "(fine for engine and performance work, useless for images)")
     digest = weights_digest(net)
+    base = fp8_base if precision == "fp8" else precision
+    if precision == "fp8":
+        if fp8_base not in BASE_PRECISIONS:
+            raise PiDInputError(f"fp8_base must be one of {', '.join(BASE_PRECISIONS)}, got {fp8_base!r}")
+        log.info("fp8: calibrating on reference decodes ...")
+        fp8_stats = calibrate(net, calibration)  # the fp32 net, before the export view changes it
     # the export view swaps tables and, for fp16/bf16, casts weights: never on the caller's net
     export_net = export_view(net if owned else copy.deepcopy(net)).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     t0 = time.perf_counter()
     try:
+        sampler = sampler_block(resolve(info["backbone"], info["ckpt"] or "2k") if info["backbone"] else None)
         meta = {"pid_trt_version": VERSION, "backbone": str(info["backbone"]), "ckpt": str(info["ckpt"]),
                 "net_definition": str(info["net_definition"]), "weights_sha256": digest, "precision": precision,
-                "t_list": json.dumps(t_lists()[4]), "t_lists": json.dumps(t_lists())}
+                "sampler": json.dumps(sampler)}
+        if sampler["kind"] == "distilled":
+            meta |= {"t_list": json.dumps(sampler["t_lists"]["4"]), "t_lists": json.dumps(sampler["t_lists"])}
         io = graph_io(net)
         ex = _example(net)
         graphs: dict[str, Any] = {}
-        with torch.no_grad(), precision_policy(export_net, "fp32" if precision == "fp8" else precision):
+        with torch.no_grad(), precision_policy(export_net, base):
             plan = ([("model", SingleGraph(export_net), (ex["x"], ex["t"], ex["y"], ex["lq_latent"], ex["degrade_sigma"]),
                       "single")] if single else [])
             if not single:
@@ -199,11 +210,9 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
                 graphs[name] = {"file": path.name, "external_data": path.name + ".data" if large else None,
                                 **spec, **stats}
         if precision == "fp8":
-            from pid_trt.export.fp8 import quantize_fp8
-
             for name in graphs:
                 if name != "cond":
-                    graphs[name]["fp8"] = quantize_fp8(tmp / graphs[name]["file"], net, calibration)
+                    graphs[name]["fp8"] = quantize_fp8(tmp / graphs[name]["file"], net, fp8_stats, fp8_base)
         for g in graphs.values():
             g["sha256"] = sha256_file(tmp / g["file"])
         config = net.config
@@ -215,8 +224,7 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
             "latent": {"channels": config.lq_latent_channels, "down_factor": config.latent_spatial_down_factor,
                        "sr_scale": config.sr_scale},
             "text": {"max_length": config.txt_max_length, "embed_dim": config.txt_embed_dim},
-            "sampler": {"kind": "distilled", "timescale": 1000.0, "default_steps": 4,
-                        "t_lists": {str(k): v for k, v in t_lists().items()}},
+            "sampler": sampler,
             "opset": OPSET, "graphs": graphs, "export_seconds": round(time.perf_counter() - t0, 1),
         }
         atomic_write_json(tmp / "manifest.json", manifest)

@@ -15,6 +15,7 @@ from pid_trt.config import NetConfig
 from pid_trt.errors import MissingDependencyError, PiDInputError
 from pid_trt.export.manifest import read_manifest
 from pid_trt.model import PiDNet
+from pid_trt.runtime.device import resolve_device
 from pid_trt.sampler import autocast
 
 
@@ -37,7 +38,7 @@ class TorchBackend:
 
     def __init__(self, net: PiDNet, device: str | torch.device | None = None, precision: str = "fp32",
                  compile: bool = False):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(None if device is None else str(device))
         self.net = net.to(self.device).eval()
         self.net_config = net.config
         self.precision = precision
@@ -56,7 +57,10 @@ class TorchBackend:
 
 
 class OnnxRuntimeBackend:
-    """The exported cond + denoise graphs (or a single graph) in ONNX Runtime, CPU or CUDA provider."""
+    """The exported cond + denoise graphs (or a single graph) in ONNX Runtime, CPU or CUDA provider.
+
+    `device` None: the CUDA GPU `resolve_device` picks when this ONNX Runtime has its CUDA provider, else the CPU.
+    A CUDA device that ONNX Runtime cannot use is an error, never a silent fallback to the CPU."""
 
     name = "onnxruntime"
     graph_safe = False
@@ -65,12 +69,17 @@ class OnnxRuntimeBackend:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime") from None
+            raise MissingDependencyError('onnxruntime is not installed: pip install "pid-trt[onnxruntime]" (CPU) or '
+                                         '"pid-trt[onnxruntime-cuda]" (CUDA, see README.md)') from None
         self.dir = pathlib.Path(onnx_dir)
         self.manifest = read_manifest(self.dir)
         self.net_config = NetConfig.from_dict(self.manifest["net_config"])
-        want_cuda = str(device or "cpu").startswith("cuda")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+        if device is None and "CUDAExecutionProvider" not in ort.get_available_providers():
+            device = "cpu"
+        self.device = resolve_device(None if device is None else str(device))
+        providers: list = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index}))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         # idle worker threads would spin between calls, starving torch's sampler arithmetic on small machines
@@ -79,10 +88,13 @@ class OnnxRuntimeBackend:
         for name, graph in self.manifest["graphs"].items():
             path = self.dir / graph["file"]
             self.sessions[name] = ort.InferenceSession(str(path), opts, providers=providers)
-        # what actually runs (ORT silently falls back to CPU when CUDA is unusable)
-        used = next(iter(self.sessions.values())).get_providers()
-        self.device = torch.device("cuda" if used[0] == "CUDAExecutionProvider" else "cpu")
-        self.providers = used
+        # what actually runs: ORT falls back to the CPU when CUDA is unusable, and logs it only
+        self.providers = next(iter(self.sessions.values())).get_providers()
+        if self.device.type == "cuda" and self.providers[0] != "CUDAExecutionProvider":
+            raise MissingDependencyError(
+                f"ONNX Runtime {ort.__version__} cannot run on {self.device} (its providers here: "
+                f"{', '.join(ort.get_available_providers())}; in use: {', '.join(self.providers)}); install the CUDA "
+                "route of README.md (pid-trt[onnxruntime-cuda]) or pass --device cpu")
 
     @staticmethod
     def _np(t: torch.Tensor, dtype) -> np.ndarray:
@@ -103,7 +115,7 @@ class OnnxRuntimeBackend:
             return [lq_latent]
         s = self.sessions["cond"]
         outs = s.run(None, self._inputs(s, {"lq_latent": lq_latent}))
-        return [torch.from_numpy(o) for o in outs]
+        return [torch.from_numpy(o).to(self.device) for o in outs]
 
     def denoise(self, x, t, y, sigma, feats):
         if "model" in self.sessions:
@@ -114,4 +126,4 @@ class OnnxRuntimeBackend:
             names = [o.name for o in self.sessions["cond"].get_outputs()]
             feeds = {"x": x, "t": t, "y": y, "degrade_sigma": sigma, **dict(zip(names, feats))}
         v = s.run(None, self._inputs(s, feeds))[0]
-        return torch.from_numpy(v).float()
+        return torch.from_numpy(v).to(self.device, torch.float32)

@@ -27,8 +27,14 @@ def _copy_into(static, new) -> None:
 
 
 def replay(cache: "OrderedDict[tuple, Any] | dict", key: tuple, fn: Callable[..., torch.Tensor],
-           args: tuple) -> torch.Tensor:
-    """Run `fn(*args)` through a CUDA graph cached under `key` (captured on first use, after one warm-up)."""
+           args: tuple, device: torch.device) -> torch.Tensor:
+    """Run `fn(*args)` on `device` through a CUDA graph cached under `key` (captured on first use, after one
+    warm-up); the streams and the capture belong to `device`, whatever the current device is."""
+    with torch.cuda.device(device):
+        return _replay(cache, key, fn, args)
+
+
+def _replay(cache, key, fn, args) -> torch.Tensor:
     entry = cache.get(key)
     if entry is None:
         static = _clone(args)

@@ -76,7 +76,8 @@ class PiDDecoder:
         from pid_trt.runtime.tensorrt import TensorRTBackend
 
         engine_precision = None if precision == "fp32" else precision  # fp32 is also the torch default
-        be = TensorRTBackend.from_engine_dir(source, backbone=backbone, ckpt=ckpt, precision=engine_precision)
+        be = TensorRTBackend.from_engine_dir(source, backbone=backbone, ckpt=ckpt, precision=engine_precision,
+                                             device=device)
         if entry is None:
             entry = resolve(be.sidecar["backbone"], be.sidecar["ckpt"])
         return cls(be, entry=entry, cuda_graph=cuda_graph)
@@ -157,15 +158,22 @@ class PiDDecoder:
         if len(noise) < draws or any(tuple(n.shape) != shape for n in noise[:draws]):
             raise PiDInputError(f"noise must be {draws} tensors of shape {list(shape)} for {options.steps} steps")
 
-        def run(z, y, sigma, noise, neg):
-            return run_decode(self.backend.cond, self.backend.denoise, z, y, sigma, (hh, ww), noise.__getitem__,
-                              options, neg, on_step)
-
+        run = self.capturable(options, (hh, ww), on_step)
+        args = (z, y, sigma, noise[:draws], neg)
         if self.cuda_graph and dev.type == "cuda" and on_step is None:
             from pid_trt.runtime.cuda_graphs import replay
 
-            key = (tuple(z.shape), tuple(y.shape), options, neg is None)
-            image = replay(self._graphs, key, run, (z, y, sigma, noise[:draws], neg))
+            image = replay(self._graphs, (tuple(z.shape), tuple(y.shape), options, neg is None), run, args, dev)
         else:
-            image = run(z, y, sigma, noise[:draws], neg)
+            image = run(*args)
         return to_uint8(image) if output == "uint8" else image
+
+    def capturable(self, options: SamplerOptions, size_hw: tuple[int, int],
+                   on_step: Callable[[int, torch.Tensor], None] | None = None) -> Callable[..., torch.Tensor]:
+        """What a decode runs after its input checks, `run(z, y, sigma, noise, negative) -> image`; on CUDA it is
+        captured in a CUDA graph, so it must not read device values on the host, use the global RNG or copy host
+        data to the device (tests/runtime/test_capture_safety.py runs it under a spy that checks this)."""
+        def run(z, y, sigma, noise, neg):
+            return run_decode(self.backend.cond, self.backend.denoise, z, y, sigma, size_hw, noise.__getitem__,
+                              options, neg, on_step)
+        return run

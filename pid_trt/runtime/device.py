@@ -1,9 +1,15 @@
-"""Which share of the work this process has: torchrun's rank and world size, read from the environment."""
+"""Which share of the work and which device this process has: torchrun's rank and world size, and the CUDA device
+a decode runs on (`resolve_device`, pure; `use_device`, which binds it)."""
 from __future__ import annotations
 
 import os
+import re
+
+import torch
 
 from pid_trt.errors import PiDInputError
+
+_CUDA = re.compile(r"cuda(?::(\d+))?")
 
 
 def _env_int(name: str) -> int | None:
@@ -34,3 +40,41 @@ def shard(count: int) -> list[int]:
     size (item i always gets seed + i)."""
     rank, size = world()
     return list(range(rank, count, size))
+
+
+def resolve_device(requested: str | None = None) -> torch.device:
+    """The device a decode runs on; reads LOCAL_RANK and CUDA's availability and device count, binds nothing.
+
+    None: cuda:$LOCAL_RANK when CUDA is available (LOCAL_RANK defaults to 0, so cuda:0 outside torchrun), else cpu.
+    "cuda": the same GPU (each torchrun rank its own). "cuda:N" and "cpu" as given. A device that does not exist
+    here (cuda without a GPU, cuda:7 on a 1-GPU machine, tpu) is a PiDInputError.
+    """
+    text = "" if requested is None else str(requested).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    match = _CUDA.fullmatch(text)
+    if text and match is None:
+        raise PiDInputError(f"unknown device {requested!r}: use cpu, cuda or cuda:N")
+    available = torch.cuda.is_available()
+    if not text and not available:
+        return torch.device("cpu")
+    if not available:
+        raise PiDInputError(f"device {requested} asked for, but PyTorch sees no CUDA GPU here (check the driver, "
+                            "CUDA_VISIBLE_DEVICES and a CUDA build of torch), or use --device cpu")
+    count = torch.cuda.device_count()
+    if match is not None and match[1] is not None:
+        index, why = int(match[1]), f"device {requested}"
+    else:
+        local = _env_int("LOCAL_RANK")
+        index, why = (0, "device cuda:0") if local is None else (local, f"LOCAL_RANK={local}")
+    if not 0 <= index < count:
+        raise PiDInputError(f"{why} does not exist: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def use_device(device: torch.device) -> torch.device:
+    """Make `device` this process's current CUDA device (what TensorRT and unqualified "cuda" tensors use); every
+    torchrun rank calls it for its own GPU. No-op for the CPU."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device

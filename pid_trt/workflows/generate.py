@@ -24,7 +24,7 @@ from pid_trt.diffusers import PIPELINE_CLASSES, decode_pipeline_latents
 from pid_trt.errors import MissingDependencyError, PiDInputError
 from pid_trt.images import resize, save_image, side_by_side
 from pid_trt.latents import canonical_backbone
-from pid_trt.runtime import PiDDecoder
+from pid_trt.runtime import PiDDecoder, resolve_device
 from pid_trt.sampler import SamplerOptions, to_uint8
 from pid_trt.workflows.decode import Captions, caption_row, check_captions, output_tag
 
@@ -77,7 +77,7 @@ def load_pipeline(model_dir: str | pathlib.Path, backbone: str, device: str | to
         import diffusers
     except ImportError:
         raise MissingDependencyError('generate needs diffusers: pip install "pid-trt[diffusers]"') from None
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(None if device is None else str(device))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, torch_dtype=dtype)

@@ -14,7 +14,7 @@ import tempfile
 from typing import Any
 
 from pid_trt.errors import PiDInputError
-from pid_trt.runtime import PiDDecoder
+from pid_trt.runtime import PiDDecoder, resolve_device, use_device
 from pid_trt.tiny import DEFAULT_STRUCTURE
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,20 @@ def open_decoder(*, engine_dir: pathlib.Path | None = None, onnx_dir: pathlib.Pa
 
     source = check_one_source(engine_dir, onnx_dir, checkpoint, tiny)
     entry = resolve(backbone, ckpt or "2k") if backbone else None
+    if device is not None:  # fail fast: a device that does not exist here is a one-line error
+        device = str(resolve_device(device))
     if tiny:
         from pid_trt.tiny import tiny_net
 
         if entry is None:
             raise PiDInputError("--tiny needs --backbone (and --ckpt) to pick the net's structure")
         net = tiny_net(entry.net.id, patch_depth=2, pixel_depth=1)
-        return PiDDecoder.from_net(net, device, precision, cuda_graph=cuda_graph, entry=entry)
+        dec = PiDDecoder.from_net(net, device, precision, cuda_graph=cuda_graph, entry=entry)
+        use_device(dec.backend.device)
+        return dec
     dec = PiDDecoder.load(source, backend, device, backbone=backbone, ckpt=ckpt, precision=precision,
                           cuda_graph=cuda_graph)
+    use_device(dec.backend.device)  # every torchrun rank works on its own GPU (cuda:$LOCAL_RANK)
     if entry is not None and dec.entry is not None and dec.entry.experiment != entry.experiment:
         raise PiDInputError(f"{source} holds {dec.entry.experiment}, but --backbone {backbone} --ckpt "
                             f"{entry.ckpt} needs {entry.experiment}")
@@ -87,6 +92,8 @@ class Sources:
                                 "(use --tiny-seed to name an in-memory tiny export's weights)")
         if checkpoint is not None and backbone is None:
             raise PiDInputError("--checkpoint needs --backbone and --ckpt to know its net")
+        if device is not None:  # fail fast, before nets are built or exported
+            device = str(resolve_device(device))
         self.file = files[0] if files else None
         self.kind = ("engines" if engine_dir else "onnx" if onnx_dir else "checkpoint" if checkpoint else "tiny")
         self.backbone, self.ckpt, self.device, self.compile = backbone, ckpt, device, compile

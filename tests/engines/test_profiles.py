@@ -137,3 +137,12 @@ def test_profile_json_round_trip_and_dynamic_grid():
     p = dynamic_profile([(2000, 2100)], (1, 1, 1), entry.net.config)
     assert all(v % 128 == 0 for v in p.width + p.height)  # lcm(64, 128)
     assert Profile.from_json(p.to_json()) == p
+
+
+def test_teacher_profiles_include_the_guidance_batch():
+    profiles, _ = _plan("flux", "2kto4k_v1pt5_teacher")
+    assert all(p.batch == (1, 2, 2) for p in profiles)  # cfg 1: batch B; cfg != 1: [uncond; cond], batch 2B
+    profiles, _ = _plan("qwenimage", "teacher", shapes=[(2048, 2048)], batch=(1, 2, 4))
+    assert profiles[0].batch == (1, 4, 8)
+    student, _ = _plan("flux", "2kto4k_v1pt5")
+    assert all(p.batch == (1, 1, 1) for p in student)
