@@ -39,11 +39,13 @@ def configure_logging(verbosity: int = 0) -> None:
     print only their errors unless -v."""
     VERBOSITY["level"] = verbosity
     root = logging.getLogger()
-    if not any(getattr(h, "_pid_trt", False) for h in root.handlers):
+    handler = next((h for h in root.handlers if getattr(h, "_pid_trt", False)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_Prefixed())
         handler._pid_trt = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+    handler.stream = sys.stderr  # this invocation's stderr (test runners swap it); no flush of an old one
     root.setLevel(logging.INFO if verbosity > 0 else logging.ERROR)
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
     logging.getLogger("pid_trt").setLevel(level)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pid_trt.config import NetConfig
-from pid_trt.engines.detect import detect_local, load_tensorrt
+from pid_trt.engines.detect import detect_local, load_tensorrt, tensorrt_logger
 from pid_trt.engines.profiles import Profile
 from pid_trt.engines.store import EngineStore, canonical_names, find_engine
 from pid_trt.errors import PiDInputError
@@ -72,7 +72,7 @@ class TensorRTBackend:
         self.net_config = NetConfig.from_dict(self.sidecar["net_config"])
         self.device = torch.device("cuda")
         self.profiles = [Profile.from_json(p) for p in self.sidecar["profiles"]]
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.runtime = trt.Runtime(tensorrt_logger())
         root = sidecar_path.parent
         self.cond_engine = _Engine(trt, self.runtime, root / self.sidecar["engines"]["cond"]["file"])
         self.denoise_engine = _Engine(trt, self.runtime, root / self.sidecar["engines"]["denoise"]["file"])
