@@ -182,3 +182,21 @@ def test_success_is_exit_0(args, tmp_path):
     res = invoke(*[a.format(tmp=tmp_path) for a in args])
     assert res.exit_code == 0, res.output
     assert all(line.startswith(("note: ", "warning: ")) for line in res.stderr.splitlines()), res.stderr
+
+
+def test_tensorrt_messages_follow_verbosity():
+    """TensorRT's messages go through the `pid_trt.tensorrt` logger: warnings by default and with -q, info with -v."""
+    import logging
+
+    from pid_trt.cli.options import configure_logging
+    from pid_trt.engines.detect import logging_level
+
+    trt_log = logging.getLogger("pid_trt.tensorrt")
+    warning, info, verbose = logging_level(2), logging_level(3), logging_level(4)
+    try:
+        for verbosity, shown in ((-1, {warning}), (0, {warning}), (1, {warning, info})):
+            configure_logging(verbosity)
+            assert {lv for lv in (warning, info, verbose) if trt_log.isEnabledFor(lv)} == shown, verbosity
+    finally:
+        configure_logging(0)
+    assert logging_level(0) >= logging_level(1) >= logging.ERROR
