@@ -1,5 +1,7 @@
 """What every command shares: one spelling per concept (options and their parsing), the command class with
--v/-q, logging to stderr, and JSON output. Command modules import this module only, never each other."""
+-v/-q, logging to stderr, and JSON output. Command modules import this module only, never each other.
+
+The vocabulary and the exit-status contract are documented in the README's "CLI" section."""
 from __future__ import annotations
 
 import functools

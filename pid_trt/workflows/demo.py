@@ -196,10 +196,11 @@ def summary_lines(report: dict[str, Any], out_dir: str | pathlib.Path) -> list[s
 
 def next_commands(backend: str) -> list[str]:
     """The three commands that take real weights to images (the README's recipe, with or without TensorRT)."""
-    ckpt = "model_ema_bf16.pth"
-    export = f"pid-trt export --backbone {BACKBONE} --ckpt {CKPT} --checkpoint {ckpt} --out onnx/flux"
+    export = f"pid-trt export --backbone {BACKBONE} --ckpt {CKPT} --checkpoint model_ema_bf16.pth"
     inputs = "--latents latents.safetensors --caption-embedding y.safetensors --out results"
     if backend == "tensorrt":
-        return [export, f"pid-trt build --backbone {BACKBONE} --ckpt {CKPT} --onnx-dir onnx/flux --engine-dir engines",
+        return [f"{export} --precision bf16 --out onnx/flux_bf16",
+                f"pid-trt build --backbone {BACKBONE} --ckpt {CKPT} --onnx-dir onnx/flux_bf16 --engine-dir engines",
                 f"pid-trt decode --engine-dir engines {inputs}"]
-    return [export, "pid-trt parity --onnx-dir onnx/flux", f"pid-trt decode --onnx-dir onnx/flux {inputs}"]
+    return [f"{export} --out onnx/flux", "pid-trt parity --onnx-dir onnx/flux",
+            f"pid-trt decode --onnx-dir onnx/flux {inputs}"]
