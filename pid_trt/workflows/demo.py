@@ -115,7 +115,7 @@ def run_demo(out_dir: str | pathlib.Path) -> dict[str, Any]:
     if reused:
         log.info("reusing the export in %s (same weights, pid-trt and torch)", onnx_dir)
     else:
-        log.info("exporting the demo net to %s (once; about 30 s on 2 cores)", onnx_dir)
+        log.info("exporting the demo net to %s (the slow step; later runs reuse it)", onnx_dir)
         export_onnx(onnx_dir, net=net, backbone=BACKBONE, ckpt=CKPT)
     t_export = time.perf_counter() - t0
 
