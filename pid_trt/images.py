@@ -1,4 +1,4 @@
-"""Images: uint8 [3, H, W] tensors to PNG/JPEG files (atomically), resizing and side-by-side tiles."""
+"""Images: uint8 [3, H, W] tensors to PNG/JPEG files (atomically), resizing, side-by-side tiles and labels."""
 from __future__ import annotations
 
 import io
@@ -37,3 +37,13 @@ def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def side_by_side(rows: list[list[torch.Tensor]]) -> torch.Tensor:
     """Tile equally sized uint8 [3, H, W] images: one list per row, left to right."""
     return torch.cat([torch.cat(row, dim=2) for row in rows], dim=1)
+
+
+def labelled(u8: torch.Tensor, text: str, strip: int = 16) -> torch.Tensor:
+    """uint8 [3, H, W] under a black strip carrying `text` in white (PIL's built-in font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    banner = Image.new("RGB", (u8.shape[2], strip))
+    ImageDraw.Draw(banner).text((3, 1), text, fill=(255, 255, 255), font=ImageFont.load_default(size=strip - 4))
+    top = torch.frombuffer(bytearray(banner.tobytes()), dtype=torch.uint8).view(strip, u8.shape[2], 3)
+    return torch.cat([top.permute(2, 0, 1), u8.cpu()], dim=1)

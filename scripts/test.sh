@@ -2,7 +2,7 @@
 # Fresh machine → the whole test suite: the C++ runtime (cmake + ctest, where cmake and nvcc exist) and Python (pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
 if command -v cmake >/dev/null && command -v nvcc >/dev/null; then
   if ! dpkg -s nlohmann-json3-dev >/dev/null 2>&1; then
     (apt-get update -qq && apt-get install -y -qq nlohmann-json3-dev) >/dev/null || echo "warning: could not install nlohmann-json3-dev"

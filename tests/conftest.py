@@ -1,6 +1,7 @@
 """Shared test helpers. Test data lives in tests/data/ (copied from the project's golden sets)."""
 from __future__ import annotations
 
+import importlib.resources
 import os
 import pathlib
 import shutil
@@ -8,11 +9,15 @@ import shutil
 import pytest
 
 DATA = pathlib.Path(__file__).parent / "data"
+# golden case a ships with the package for `pid-trt demo`; the tests read that copy (tests/data/decode/README.md)
+PACKAGED = pathlib.Path(str(importlib.resources.files("pid_trt") / "data" / "demo"))
 
 
 def data_file(*parts: str) -> pathlib.Path:
     """Path of a test data file; in CI (CI=true) a missing file fails the test, elsewhere it skips."""
     path = DATA.joinpath(*parts)
+    if not path.exists() and parts[0] in ("net", "decode") and (PACKAGED / parts[-1]).exists():
+        path = PACKAGED / parts[-1]
     if not path.exists():
         msg = f"test data file missing: {path.relative_to(DATA.parent.parent)}"
         if os.environ.get("CI", "").lower() == "true":

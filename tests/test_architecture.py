@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "pid_trt"
 
@@ -162,12 +164,18 @@ def test_nothing_refers_outside_the_repository():
     assert found.stdout == "", found.stdout
 
 
-def test_cli_help_does_not_import_torch():
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pid_trt", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+COMMANDS = sorted(p.stem.removesuffix("_cmd") for p in (PACKAGE / "cli").glob("*_cmd.py"))
+
+
+@pytest.mark.parametrize("args", [["--help"], *([name, "--help"] for name in COMMANDS),
+                                  ["decode", "--no-such-option"], ["build", "--size", "4096x"], ["no-such-command"]])
+def test_cli_help_and_usage_errors_do_not_import_torch(args):
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pid_trt", *args], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "numpy" not in imported
-    assert "Commands:" in out.stdout
+    assert out.returncode == (0 if args[-1] == "--help" else 2)
+    assert ("Commands:" in out.stdout) if args == ["--help"] else ("Usage:" in out.stdout or "error: " in out.stderr)
 
 
 def test_version_is_defined_once():

@@ -38,6 +38,9 @@ class _Group(click.Group):
         except PiDError as e:
             _error(str(e))
             code = EXIT_BAD_INPUT
+        except click.exceptions.NoArgsIsHelpError as e:  # plain `pid-trt`: the help, not an error
+            click.echo(e.ctx.get_help())
+            code = EXIT_OK
         except click.ClickException as e:
             _error(f"{e.format_message()} (see: pid-trt {_command_name(args)}--help)")
             code = EXIT_BAD_INPUT

@@ -13,7 +13,7 @@ _COLUMNS = ("name", "backbone/ckpt", "precision", "profiles", "TRT", "SM", "size
 
 @command("engines")
 @click.argument("engine_dir", required=False, default=DEFAULT_ENGINE_DIR,
-                type=click.Path(file_okay=False, path_type=pathlib.Path))
+                type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path))
 @json_option("The rows as JSON on stdout, or written to FILE.")
 def command(engine_dir: pathlib.Path, json_out: str | None) -> None:
     """List TensorRT engines (default directory: ./engines): profiles, TensorRT version, GPU, size, status.

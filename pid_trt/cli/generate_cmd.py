@@ -77,7 +77,8 @@ def command(model_dir, prompt, prompt_file, size, ldm_steps, guidance_scale, sav
     out = out or pathlib.Path("results/official_demo") / backbone
     records = generate(pipe, decoder, prompts, captions, backbone=backbone, out_dir=out, resolution=size,
                        ldm_steps=ldm_steps, guidance_scale=guidance_scale, save_xt_steps=sorted(set(save_xt_steps)),
-                       seed=seed, indices=indices, fmt=fmt, options=options, negative_embedding=negative)
+                       seed=seed, indices=indices, fmt=fmt, options=options, negative_embedding=negative,
+                       prompt_file=prompt_file)
     tag = output_tag(decoder, options, backbone)
     summary = {"backbone": backbone, "model_dir": str(model_dir), "pipeline": type(pipe).__name__,
                "backend": decoder.backend.name, "device": str(decoder.backend.device),

@@ -1,5 +1,7 @@
 """What every command shares: one spelling per concept (options and their parsing), the command class with
--v/-q, logging to stderr, and JSON output. Command modules import this module only, never each other."""
+-v/-q, logging to stderr, and JSON output. Command modules import this module only, never each other.
+
+The vocabulary and the exit-status contract are documented in the README's "CLI" section."""
 from __future__ import annotations
 
 import functools
@@ -39,11 +41,13 @@ def configure_logging(verbosity: int = 0) -> None:
     print only their errors unless -v."""
     VERBOSITY["level"] = verbosity
     root = logging.getLogger()
-    if not any(getattr(h, "_pid_trt", False) for h in root.handlers):
+    handler = next((h for h in root.handlers if getattr(h, "_pid_trt", False)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_Prefixed())
         handler._pid_trt = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+    handler.stream = sys.stderr  # this invocation's stderr (test runners swap it); no flush of an old one
     root.setLevel(logging.INFO if verbosity > 0 else logging.ERROR)
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
     logging.getLogger("pid_trt").setLevel(level)

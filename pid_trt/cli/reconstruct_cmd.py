@@ -66,7 +66,8 @@ def command(vae_dir, image, manifest, caption, sigmas, seed, caption_embedding, 
                           indices=indices, fmt=fmt, options=options, negative_embedding=negative)
     means = mean_metrics(records)
     tag = output_tag(decoder, options, backbone)
-    summary = {"backbone": backbone, "vae": str(vae_dir), "backend": decoder.backend.name,
+    summary = {"backbone": backbone, "manifest": str(manifest) if manifest else None, "vae": str(vae_dir),
+               "backend": decoder.backend.name,
                "device": str(decoder.backend.device), "ckpt": getattr(decoder.entry, "ckpt", None),
                "sampler": options.sampler, "pid_steps": options.steps, "cfg": options.cfg, "tag": tag, "seed": seed,
                "metric_notes": "PiD output area-downsampled to the input size; PSNR/SSIM on [0, 1] RGB; latent "

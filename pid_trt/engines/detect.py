@@ -2,11 +2,15 @@
 
 `load_tensorrt` is the one place pid-trt imports `tensorrt` (lazily): the builder (engines/trt.py) and the
 runtime backend (runtime/tensorrt.py) both get the module from it, so everything else works without TensorRT.
+Both also share `tensorrt_logger`, which hands TensorRT's messages to `logging`.
 """
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from pid_trt.errors import EngineBuildError, MissingDependencyError, PiDError
 
@@ -21,6 +25,35 @@ def load_tensorrt() -> ModuleType:
     except (ImportError, OSError) as e:  # OSError: the wheel is there but libnvinfer is not loadable
         raise MissingDependencyError(f"TensorRT is not installed ({e}); {INSTALL_HINT}") from None
     return tensorrt
+
+
+# TensorRT's message severities (ILogger.Severity: 0 internal error, 1 error, 2 warning, 3 info, 4 verbose) as
+# logging levels: its warnings show by default, its info with -v (debug), its verbose output only below that
+_LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING, 3: logging.DEBUG, 4: logging.DEBUG - 5}
+_TRT_LOG = logging.getLogger("pid_trt.tensorrt")
+
+
+def logging_level(severity: Any) -> int:
+    """The logging level a TensorRT message of this severity is logged at."""
+    return _LEVELS[int(severity)]
+
+
+@functools.cache
+def tensorrt_logger() -> Any:
+    """The process's one TensorRT logger (builder and runtime share it, as TensorRT expects): every message goes to
+    the `pid_trt.tensorrt` logger, so it is prefixed like ours and follows -v / -q."""
+    trt = load_tensorrt()
+
+    class _ToLogging(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)  # TensorRT's documented way to subclass its logger
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = logging_level(severity)
+            if _TRT_LOG.isEnabledFor(level):
+                _TRT_LOG.log(level, "TensorRT: %s", msg)
+
+    return _ToLogging()
 
 
 def tensorrt_version() -> str:

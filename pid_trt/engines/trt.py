@@ -10,7 +10,7 @@ import pathlib
 import threading
 from typing import Any
 
-from pid_trt.engines.detect import load_tensorrt
+from pid_trt.engines.detect import load_tensorrt, tensorrt_logger
 from pid_trt.errors import EngineBuildError
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
@@ -26,7 +26,7 @@ def build_serialized_engine(onnx_path: pathlib.Path, profiles: list[Shapes], *, 
     `workspace_bytes` 0 keeps TensorRT's default workspace limit (the device's memory).
     """
     trt = load_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt_logger()
     builder = trt.Builder(logger)
     # strongly typed: the ONNX graph's own types (bf16/fp16/fp8 Q/DQ) decide precision; TensorRT 11 always is
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))

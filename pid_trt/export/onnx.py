@@ -98,10 +98,17 @@ def _export_graph(module: torch.nn.Module, args: tuple, names: tuple[list[str], 
     import onnx
     import onnxslim
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=names[0],
-                                 output_names=names[1], dynamic_shapes=dynamic_shapes, verbose=False)
+    # torch's ONNX op registry logs once per export that torchvision's detection ops are missing: not PiD's concern
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    saved_level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=names[0],
+                                     output_names=names[1], dynamic_shapes=dynamic_shapes, verbose=False)
+    finally:
+        registry_log.setLevel(saved_level)
     prog.save(str(path), external_data=True)  # writes <file> + <file>.data
     del prog
     data = path.with_name(path.name + ".data")

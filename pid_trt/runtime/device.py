@@ -1,9 +1,13 @@
-"""Which share of the work and which device this process has: torchrun's rank and world size, and the CUDA device
-a decode runs on (`resolve_device`, pure; `use_device`, which binds it)."""
+"""Which share of the work and which device this process has: torchrun's rank and world size (read from the
+environment), gathering the ranks' results, and the CUDA device a decode runs on (`resolve_device`, pure;
+`use_device`, which binds it)."""
 from __future__ import annotations
 
+import datetime
 import os
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -78,3 +82,29 @@ def use_device(device: torch.device) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
+
+
+def can_gather() -> bool:
+    """Several ranks that can reach each other: torchrun set the rendezvous address (MASTER_ADDR/MASTER_PORT)."""
+    return world()[1] > 1 and bool(os.environ.get("MASTER_ADDR")) and bool(os.environ.get("MASTER_PORT"))
+
+
+def gather(items: Sequence[Any]) -> list[Any]:
+    """Every rank's `items`, concatenated in rank order, on every rank (picklable values). Under torchrun this is one
+    all-gather over a gloo group on torchrun's rendezvous; one process, or ranks without a rendezvous, get their own
+    items back. Ranks wait here for the slowest one, so the timeout is generous."""
+    if not can_gather():
+        return list(items)
+    import torch.distributed as dist
+
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    try:
+        group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, list(items), group=group)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+    return [item for part in parts for item in part]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from pid_trt.config import NetConfig
-from pid_trt.engines.detect import detect_local, load_tensorrt
+from pid_trt.engines.detect import detect_local, load_tensorrt, tensorrt_logger
 from pid_trt.engines.profiles import Profile
 from pid_trt.engines.store import EngineStore, canonical_names, find_engine, gpu_model_note
 from pid_trt.errors import PiDInputError
@@ -99,7 +99,7 @@ class TensorRTBackend:
         self.text_length = self.net_config.text_limit  # the engines' profiles fix the caption length
         root = sidecar_path.parent
         with torch.cuda.device(self.device):  # TensorRT works on the current device
-            self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.runtime = trt.Runtime(tensorrt_logger())
             self.cond_engine = _Engine(trt, self.runtime, root / self.sidecar["engines"]["cond"]["file"], self.device)
             self.denoise_engine = _Engine(trt, self.runtime, root / self.sidecar["engines"]["denoise"]["file"],
                                           self.device)

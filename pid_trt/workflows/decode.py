@@ -6,6 +6,8 @@ files never depend on the batch size or the number of processes. Folder names fo
 """
 from __future__ import annotations
 
+import datetime
+import logging
 import pathlib
 import time
 from collections.abc import Mapping, Sequence
@@ -17,13 +19,14 @@ from pid_trt.atomic import atomic_write_json
 from pid_trt.errors import PiDInputError
 from pid_trt.images import save_image
 from pid_trt.runtime import PiDDecoder
-from pid_trt.runtime.device import shard, world
+from pid_trt.runtime.device import can_gather, gather, shard, world
 from pid_trt.sampler import SamplerOptions
 from pid_trt.workflows.inputs import LatentSample, read_caption_embedding
 
 # Caption embeddings: one tensor [1 or N, L, D] indexed by global sample index (row 0 for all when 1),
 # or a mapping global index -> [L, D] / [1, L, D] (what a rank encodes for its own samples).
 Captions = torch.Tensor | Mapping[int, torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 def output_tag(decoder: PiDDecoder, options: SamplerOptions, backbone: str | None = None) -> str:
@@ -82,11 +85,36 @@ def load_captions(captions: Sequence[str | None], indices: Sequence[int], *,
     return dict(zip(indices, rows)), negative
 
 
+def gather_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's records (dicts with the global "index"), in index order, on every rank (one process: its own)."""
+    return sorted(gather(records), key=lambda r: r["index"])
+
+
+def _keep_previous(path: pathlib.Path) -> None:
+    """Rename an earlier run's summary to summary.<its time>.json rather than overwrite it."""
+    if not path.exists():
+        return
+    stamp = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y%m%d-%H%M%S")
+    kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
+    path.rename(kept)
+    log.info("kept the earlier run's %s as %s", path.name, kept.name)
+
+
 def write_summary(out_dir: pathlib.Path, summary: dict[str, Any]) -> pathlib.Path:
-    """`summary.json` (one process) or `summary.rank<r>.json` (under torchrun), written atomically."""
+    """Write the run's `summary.json` atomically (returns its path). Under torchrun the records are gathered first
+    (`gather_records`) and rank 0 writes it once; ranks without torchrun's rendezvous each write
+    `summary.rank<r>.json`. An earlier run's file is kept under a new name (`summary.<time>.json`)."""
     rank, size = world()
-    path = out_dir / ("summary.json" if size == 1 else f"summary.rank{rank}.json")
-    atomic_write_json(path, {**summary, "rank": rank, "world_size": size})
+    merged = size == 1 or can_gather()
+    path = out_dir / ("summary.json" if merged else f"summary.rank{rank}.json")
+    if merged and rank != 0:
+        return path
+    _keep_previous(path)
+    atomic_write_json(path, {**summary, "world_size": size, **({} if merged else {"rank": rank})})
     return path
 
 
@@ -147,5 +175,5 @@ def decode_latents(decoder: PiDDecoder, samples: Sequence[LatentSample], caption
     summary = {"backend": decoder.backend.name, "device": str(decoder.backend.device),
                "backbone": entry.backbone if entry else None, "ckpt": entry.ckpt if entry else None,
                "sampler": options.sampler, "steps": options.steps, "cfg": options.cfg, "seed": seed, "tag": tag,
-               "images": items}
+               "images": gather_records(items)}
     return summary, write_summary(out_dir, summary)

@@ -26,7 +26,7 @@ from pid_trt.images import resize, save_image, side_by_side
 from pid_trt.latents import canonical_backbone
 from pid_trt.runtime import PiDDecoder, resolve_device
 from pid_trt.sampler import SamplerOptions, to_uint8
-from pid_trt.workflows.decode import Captions, caption_row, check_captions, output_tag
+from pid_trt.workflows.decode import Captions, caption_row, check_captions, gather_records, output_tag
 
 # upstream's per-backbone LDM steps and guidance defaults
 LDM_DEFAULTS = {"flux": (28, 3.5), "sd3": (28, 4.0), "sdxl": (30, 7.5), "flux2": (50, 4.0),
@@ -117,9 +117,10 @@ def generate(pipeline: Any, decoder: PiDDecoder, prompts: Sequence[str], caption
              ldm_steps: int | None = None, guidance_scale: float | None = None, save_xt_steps: Sequence[int] = (),
              seed: int = 0, indices: Sequence[int] | None = None, fmt: str = "jpg",
              options: SamplerOptions | None = None, negative_embedding: torch.Tensor | None = None,
-             progress: bool = True) -> list[dict[str, Any]]:
+             progress: bool = True, prompt_file: str | pathlib.Path | None = None) -> list[dict[str, Any]]:
     """Generate prompts[i] for each global index i in `indices` (default all) and write upstream's layout under
-    `out_dir`; returns one record per prompt (paths relative to `out_dir`, σ values, timings).
+    `out_dir`; returns one record per prompt of every rank (input, seed, paths relative to `out_dir`, σ values,
+    timings). `prompt_file`: where the prompts came from (recorded as each record's input; None: --prompt).
 
     `resolution` is the final PiD (W, H); the LDM runs at it / sr_scale. `captions`: PiD caption embeddings by
     global index (see `Captions`). `options`: PiD's sampler (default: the checkpoint's). The PiD folder is named
@@ -141,8 +142,9 @@ def generate(pipeline: Any, decoder: PiDDecoder, prompts: Sequence[str], caption
         t0 = time.perf_counter()
         results = run_ldm(pipeline, name, prompts[i], width=width, height=height, steps=ldm_steps,
                           guidance_scale=guidance_scale, seed=seed + i, save_xt_steps=save_xt_steps)
-        record = {"index": i, "prompt": prompts[i], "seed": seed + i, "ldm_size_wxh": [width, height],
-                  "ldm_steps": ldm_steps, "guidance_scale": guidance_scale, "ldm_seconds": round(time.perf_counter() - t0, 4), "steps": {}}
+        record = {"index": i, "prompt": prompts[i], "input": str(prompt_file) if prompt_file else "--prompt",
+                  "input_index": i, "seed": seed + i, "ldm_size_wxh": [width, height], "ldm_steps": ldm_steps,
+                  "guidance_scale": guidance_scale, "ldm_seconds": round(time.perf_counter() - t0, 4), "steps": {}}
         y = caption_row(captions, i)
         row_vae, row_pid = [], []
         for label, (latents, taken, scheduler_sigma) in results.items():
@@ -170,4 +172,4 @@ def generate(pipeline: Any, decoder: PiDDecoder, prompts: Sequence[str], caption
         save_image(side_by_side([r for r in (row_vae, row_pid) if r]), path)
         record["compare"] = str(path.relative_to(out_dir))
         records.append(record)
-    return records
+    return gather_records(records)

@@ -33,7 +33,7 @@ from pid_trt.latents import canonical_backbone, denormalize, patchify
 from pid_trt.runtime import PiDDecoder
 from pid_trt.sampler import SamplerOptions, to_uint8
 from pid_trt.vae import baseline_decode
-from pid_trt.workflows.decode import Captions, caption_row, check_captions, output_tag
+from pid_trt.workflows.decode import Captions, caption_row, check_captions, gather_records, output_tag
 from pid_trt.workflows.metrics import latent_consistency, psnr, ssim
 
 DEFAULT_SEED = 5  # upstream's from_clean default
@@ -145,7 +145,8 @@ def reconstruct(vae: Any, decoder: PiDDecoder, samples: Sequence[Sample], captio
                 negative_embedding: torch.Tensor | None = None,
                 progress: bool = True) -> list[dict[str, Any]]:
     """Reconstruct samples[i] for each global index i in `indices` (default all) at every σ in `sigmas`, write
-    upstream's layout under `out_dir` and return one record per sample (paths relative to `out_dir`, metrics)."""
+    upstream's layout under `out_dir` and return one record per sample of every rank (its input image and index,
+    seed, paths relative to `out_dir`, metrics)."""
     from tqdm import tqdm
 
     name = canonical_backbone(backbone)
@@ -165,8 +166,9 @@ def reconstruct(vae: Any, decoder: PiDDecoder, samples: Sequence[Sample], captio
         reference01 = image[None].float() / 255
         clean = encode(name, vae, reference01 * 2 - 1)
         y = caption_row(captions, i)
-        record = {"index": i, "id": sample.id, "source": str(sample.path), "input": str(path.relative_to(out_dir)),
-                  "size_wxh": [image.shape[2], image.shape[1]], "seed": seed + i, "sigmas": {}}
+        record = {"index": i, "id": sample.id, "input": str(sample.path), "input_index": i, "seed": seed + i,
+                  "cropped_input": str(path.relative_to(out_dir)), "size_wxh": [image.shape[2], image.shape[1]],
+                  "sigmas": {}}
         for sigma in sigmas:
             lq = add_noise(name, clean, sigma, seed + i).bfloat16().float()  # upstream rounds to bf16 here
             t0 = time.perf_counter()
@@ -188,7 +190,7 @@ def reconstruct(vae: Any, decoder: PiDDecoder, samples: Sequence[Sample], captio
             bar.update()
         records.append(record)
     bar.close()
-    return records
+    return gather_records(records)
 
 
 def mean_metrics(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

@@ -94,7 +94,10 @@ def test_engines_lists_finished_and_unfinished(tmp_path):
 
     as_json = json.loads(run("engines", str(plan.engine_dir), "--json").output)
     assert [r["status"] for r in as_json][1] == "unfinished: engine file without sidecar"
+    (tmp_path / "empty").mkdir()
     assert "no engines in" in run("engines", str(tmp_path / "empty")).output
+    missing = run("engines", str(tmp_path / "missing"))
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: ") and "does not exist" in missing.stderr
 
 
 def test_dry_run_of_a_teacher_plans_the_guidance_batch(tmp_path):

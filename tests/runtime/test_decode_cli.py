@@ -1,3 +1,4 @@
+import json
 import os
 import pathlib
 import subprocess
@@ -38,7 +39,16 @@ def test_decode_onnx_dir_writes_images_and_summary(tiny_flux_onnx, inputs, tmp_p
     assert res.exit_code == 0, res.output
     files = sorted((out / TAG).glob("*.png"))
     assert [f.name for f in files] == ["00000000.png", "00000001.png", "00000002.png"]
-    assert (out / "summary.json").is_file()
+    first = json.loads((out / "summary.json").read_text())
+    assert [(i["input"], i["input_index"], i["seed"]) for i in first["images"]] == [(str(lat), k, k) for k in range(3)]
+
+    # a second run into the same folder rewrites the images and the summary, keeping the first summary
+    res = _decode(["--onnx-dir", onnx_dir, "--latents", lat, "--caption-embedding", emb, "--out", out,
+                   "--format", "png", "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    assert [i["seed"] for i in json.loads((out / "summary.json").read_text())["images"]] == [5, 6, 7]
+    (kept,) = out.glob("summary.*.json")
+    assert json.loads(kept.read_text()) == first and "kept the earlier run's summary.json" in res.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -62,7 +72,7 @@ def test_torchrun_two_processes_match_one(tiny_flux_onnx, inputs, tmp_path):
     lat, emb = inputs
     common = ["-m", "pid_trt", "decode", "--onnx-dir", str(onnx_dir), "--latents", str(lat),
               "--caption-embedding", str(emb), "--format", "png", "--seed", "11"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}  # the ranks meet on loopback
     torchrun = pathlib.Path(sys.executable).with_name("torchrun")
     subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], check=True, env=env,
                    capture_output=True)
@@ -73,7 +83,13 @@ def test_torchrun_two_processes_match_one(tiny_flux_onnx, inputs, tmp_path):
     assert [f.name for f in one] == [f.name for f in two] == ["00000000.png", "00000001.png", "00000002.png"]
     for a, b in zip(one, two):
         assert a.read_bytes() == b.read_bytes()
-    assert (tmp_path / "two" / "summary.rank0.json").is_file() and (tmp_path / "two" / "summary.rank1.json").is_file()
+    # one summary for the whole run, gathered from both ranks
+    assert not list((tmp_path / "two").glob("summary.rank*.json"))
+    merged = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert merged["world_size"] == 2
+    single = json.loads((tmp_path / "one" / "summary.json").read_text())
+    keys = ("index", "image", "input", "input_index", "seed")
+    assert [{k: i[k] for k in keys} for i in merged["images"]] == [{k: i[k] for k in keys} for i in single["images"]]
 
 
 def test_baseline_vae(tiny_flux_onnx, inputs, tmp_path):

@@ -97,6 +97,8 @@ def test_cli_generate_end_to_end_and_round_robin(flux_dir, tmp_path):
     assert [p["index"] for p in summary["prompts"]] == [0, 1]
     assert [p["seed"] for p in summary["prompts"]] == [0, 1]
     assert summary["prompts"][1]["prompt"] == "a blue dog on grass"
+    assert [(p["input"], p["input_index"]) for p in summary["prompts"]] == [(str(tmp_path / "prompts.txt"), i)
+                                                                           for i in (0, 1)]
     for i in (0, 1):
         for label in ("02xt", "x0"):
             assert (out / tag / f"step_{label}" / f"{i:08d}.png").is_file()

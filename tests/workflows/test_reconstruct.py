@@ -1,6 +1,7 @@
 """`reconstruct` (Python API and `pid-trt reconstruct`), its noising, normalisation and metrics, on CPU."""
 import json
 import math
+import pathlib
 import warnings
 from types import SimpleNamespace
 
@@ -149,6 +150,8 @@ def test_cli_reconstruct_manifest(vae_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [s["id"] for s in summary["samples"]] == ["00000000_a", "00000001_b"]
     assert [s["seed"] for s in summary["samples"]] == [5, 6]
+    assert [s["input_index"] for s in summary["samples"]] == [0, 1] and summary["manifest"]
+    assert all(pathlib.Path(s["input"]).is_file() for s in summary["samples"])
     assert set(summary["mean"]) == {"sigma_0.000", "sigma_0.500"}
     tag = summary["tag"]
     assert Image.open(out / "input" / "00000001_b.png").size == (32, 32)
