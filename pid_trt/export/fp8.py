@@ -250,25 +250,39 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"min": float(a.min()), "median": float(np.median(a)), "max": float(a.max())} if a.size else {}
 
 
-def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, calibration: Calibration | None = None
-                 ) -> dict[str, Any]:
+def check_keep_high(net: PiDNet, keep_high: Sequence[str]) -> list[str]:
+    """`keep_high` sorted and deduplicated; an input error naming any entry that is not an FP8 Linear layer."""
+    known = set(fp8_linear_names(net))
+    unknown = sorted(set(keep_high) - known)
+    if unknown:
+        raise PiDInputError(f"--keep-high: {', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} not FP8 "
+                            f"Linear layers of this net (names like {fp8_linear_names(net)[0]}; "
+                            "`pid-trt fp8-sweep` lists them)")
+    return sorted(set(keep_high))
+
+
+def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, calibration: Calibration | None = None,
+                 keep_high: Sequence[str] = ()) -> dict[str, Any]:
     """Insert FP8 E4M3 Q/DQ into the fp32 denoise (or single) graph at `onnx_path`, in place.
 
     `net` is the fp32 PiDNet the graph was exported from. `calibration` is a list of decode inputs, dicts with
     `lq_latent` [B,C,h,w], `y` [B,L,D] and `degrade_sigma` [B] (None: `default_calibration(net)`); each is decoded
     by the reference student sampler and every denoiser call is replayed through the graph.
+    `keep_high` names Linear layers (from `fp8_linear_names`) that stay in the graph's precision.
     Returns a JSON-able description for the manifest.
     """
     import onnx
 
     t0 = time.perf_counter()
     path = pathlib.Path(onnx_path)
+    keep_high = check_keep_high(net, keep_high)
     decodes = default_calibration(net) if calibration is None else calibration
     model = onnx.load(str(path))
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < MIN_OPSET:
         raise PiDInputError(f"FP8 Q/DQ needs ONNX opset >= {MIN_OPSET}; {path.name} has opset {opset}")
-    linears = _find_linears(model, net)
+    found = _find_linears(model, net)
+    linears = [f for f in found if not set(f["layers"]) & set(keep_high)]
     cores = _attention_cores(model)
     log.info("fp8: calibrating %d Linear layers and %d attention cores on %d calibration decode(s) ...",
              len(linears), len(cores), len(decodes))
@@ -279,6 +293,7 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, calibration: Calibr
     plan: dict[str, tuple[np.ndarray, int | None]] = {}
     uses: list[tuple[Any, int, str]] = []
     layer_amax: dict[str, float] = {}
+    layer_nodes: dict[str, str] = {}
     weight_amax: list[float] = []
     for f in linears:
         x, w_name = f["node"].input[0], f["node"].input[1]
@@ -288,6 +303,7 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, calibration: Calibr
         weight_amax += f["weight_amax"].tolist()
         for name in f["layers"]:
             layer_amax[name] = round(stats[x]["amax"], 6)
+            layer_nodes[name] = f["node"].name
     attention = []
     for c in cores:
         head_dim = stats[c["q"]]["last_dim"]
@@ -308,7 +324,9 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, calibration: Calibr
         "method": "explicit Q/DQ inserted by pid_trt (QuantizeLinear→DequantizeLinear, FLOAT8E4M3FN, saturate)",
         "format": "E4M3FN", "qdq_pairs": len(plan),
         "layers": sorted(layer_amax),
-        "not_in_graph": [n for n in fp8_linear_names(net) if n not in layer_amax],
+        "keep_high": keep_high,  # FP8 Linear layers left in high precision (part of the engine's identity)
+        "layer_nodes": layer_nodes,  # layer → the MatMul/Gemm node it runs as
+        "not_in_graph": [n for n in fp8_linear_names(net) if not any(n in f["layers"] for f in found)],
         "attention": {"rule": "FP8 attention where head_dim % 16 == 0",
                       "head_dims": sorted({a["head_dim"] for a in attention}),
                       "fp8_cores": n_fp8_attention, "cores": len(attention)},
