@@ -8,10 +8,11 @@ ONNX Runtime; its error is parity's, against the fp32 torch reference: the large
 every step, and the image in u8 levels (max and mean).
 
 Ranking, `mode="quantize"` (default): only that layer quantized (attention cores as in every FP8 export),
-highest error first; `mode="remove"`: the full FP8 graph with that one layer kept high, lowest error first
-(the layer whose exclusion helps most). Quantize-alone measures each layer's own error; remove-alone sees
-interactions but on small nets its differences drown in the other layers' error. The exclusion list is the shortest prefix of the ranking that meets the
-targets (by default the fp8 parity tolerance, `pid_trt.parity.VS_FP32`).
+highest error first; `mode="remove"`: the full FP8 graph with that one layer kept high, lowest error first (the
+layer whose exclusion helps most). Quantize-alone measures each layer's own error; remove-alone sees
+interactions, but on small nets its differences drown in the other layers' error. The exclusion list is the
+shortest prefix of the ranking that meets the targets (by default the fp8 parity tolerance,
+`pid_trt.parity.VS_FP32`).
 """
 from __future__ import annotations
 
@@ -163,7 +164,8 @@ class Fp8Sweep:
             for decode, (ref, ref_image) in zip(self.decodes, self._reference):
                 net = _SamplerNet(self.net, _graph_denoise(self.net, session), ref.features)
                 _, image = self._decode(net, decode)
-                velocity = max([velocity] + [float((a - b).abs().max()) for a, b in zip(net.velocities, ref.velocities)])
+                steps = zip(net.velocities, ref.velocities)
+                velocity = max([velocity] + [float((a - b).abs().max()) for a, b in steps])
                 image_max = max(image_max, float((image.double() - ref_image.double()).abs().max()) * 127.5)
                 u8 = image_metrics(to_uint8(image), to_uint8(ref_image))
                 u8_max, u8_mean = max(u8_max, u8["u8_max_abs"]), max(u8_mean, u8["u8_mean_abs"])

@@ -93,7 +93,8 @@ def layerwise_parity(sources: Sources, candidate, inputs, step: int, *, compare:
     if save_inputs is not None:
         out["saved_inputs"] = {}
         for graph in graphs:
-            path = save_inputs if graph != "cond" else save_inputs.with_name(f"{save_inputs.stem}-cond{save_inputs.suffix}")
+            cond_path = save_inputs.with_name(f"{save_inputs.stem}-cond{save_inputs.suffix}")
+            path = cond_path if graph == "cond" else save_inputs
             lw.save_inputs(path, feeds[graph])
             out["saved_inputs"][graph] = str(path)
     if not compare:
@@ -137,7 +138,7 @@ def run_bench(*, backends: Sequence[str | None] = (None,), sizes: Sequence[tuple
 
 
 def run_fp8_sweep(*, backbone: str | None = None, ckpt: str | None = None, net_config: Any = None,
-                  checkpoint: pathlib.Path | None = None, mode: str = "remove", targets: Any = None,
+                  checkpoint: pathlib.Path | None = None, mode: str = "quantize", targets: Any = None,
                   out: pathlib.Path | None = None) -> dict[str, Any]:
     """Export the net with every FP8 layer quantized (in a temporary directory), rank the layers by the error
     they add on the calibration decodes (pid_trt.fp8_sweep) and write the smallest keep-high list meeting
