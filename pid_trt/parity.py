@@ -89,33 +89,38 @@ def image_metrics(candidate_u8: torch.Tensor, reference_u8: torch.Tensor) -> dic
 
 @dataclass
 class Trace:
-    """What one decode produced: the velocity of every denoiser call, x after every step and the final image."""
+    """What one decode produced: the velocity of every denoiser call, x after every step and the final image
+    (and, when asked for, the arguments of every denoiser call: x, t, y, σ, features)."""
 
     velocities: list[torch.Tensor] = field(default_factory=list)
     states: list[torch.Tensor] = field(default_factory=list)
     image: torch.Tensor | None = None
+    denoise_inputs: list[tuple] | None = None
 
 
 class _Recording:
     """A backend proxy that keeps every velocity (everything else goes to the wrapped backend)."""
 
-    def __init__(self, backend, velocities: list[torch.Tensor]):
-        self._backend, self._velocities = backend, velocities
+    def __init__(self, backend, trace: Trace):
+        self._backend, self._trace = backend, trace
         self.graph_safe = False
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
     def denoise(self, x, t, y, sigma, feats):
+        if self._trace.denoise_inputs is not None:
+            self._trace.denoise_inputs.append((x, t, y, sigma, list(feats)))
         v = self._backend.denoise(x, t, y, sigma, feats)
-        self._velocities.append(v.detach().to("cpu", torch.float64))
+        self._trace.velocities.append(v.detach().to("cpu", torch.float64))
         return v
 
 
-def trace_decode(decoder: PiDDecoder, inputs: ParityInputs) -> Trace:
-    """Decode `inputs` (noise injected) and record velocities and states, eagerly (no CUDA graph)."""
-    trace = Trace()
-    recorder = PiDDecoder(_Recording(decoder.backend, trace.velocities), entry=decoder.entry, cuda_graph=False)
+def trace_decode(decoder: PiDDecoder, inputs: ParityInputs, keep_inputs: bool = False) -> Trace:
+    """Decode `inputs` (noise injected) and record velocities and states (with `keep_inputs`, also every denoiser
+    call's arguments), eagerly (no CUDA graph)."""
+    trace = Trace(denoise_inputs=[] if keep_inputs else None)
+    recorder = PiDDecoder(_Recording(decoder.backend, trace), entry=decoder.entry, cuda_graph=False)
     image = recorder.decode(inputs.lq_latent, inputs.y, inputs.degrade_sigma, noise=inputs.noise, steps=inputs.steps,
                             on_step=lambda i, x: trace.states.append(x.detach().to("cpu", torch.float64)))
     trace.image = image.detach().cpu()
@@ -253,7 +258,7 @@ def run_parity(candidate: PiDDecoder, reference_weights: PiDNet, inputs: ParityI
                                     cuda_graph=False, entry=candidate.entry)
     if reference.sampler != "student":
         raise PiDInputError("parity covers the distilled student sampler; teacher checkpoints are not supported")
-    with _no_tf32():
+    with no_tf32():
         ref = trace_decode(reference, inputs)
     report = compare(trace_decode(candidate, inputs), ref, tolerance)
     report["reference"] = {"precision": tolerance.reference_precision, "device": str(reference.backend.device)}
@@ -262,7 +267,7 @@ def run_parity(candidate: PiDDecoder, reference_weights: PiDNet, inputs: ParityI
 
 
 @contextlib.contextmanager
-def _no_tf32():
+def no_tf32():
     """The fp32 reference must be real fp32 on CUDA too (cuDNN convs default to TF32)."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

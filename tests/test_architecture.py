@@ -96,7 +96,7 @@ LAYERS = [
     ("pid_trt.export",),
     ("pid_trt.engines",),
     ("pid_trt.runtime",),
-    ("pid_trt.parity", "pid_trt.bench"),
+    ("pid_trt.parity", "pid_trt.bench", "pid_trt.layerwise", "pid_trt.fp8_sweep"),
     ("pid_trt.workflows", "pid_trt.diffusers", "pid_trt.serve"),
     ("pid_trt.cli", "pid_trt.__main__"),
 ]

@@ -17,7 +17,7 @@ def test_python_blocks_run(block):
 
 def test_cli_commands_in_readme_exist():
     _register()
-    shown = set(re.findall(r"^pid-trt (\w+)", README, re.M)) | set(re.findall(r"-m pid_trt (\w+)", README))
+    shown = set(re.findall(r"^pid-trt ([\w-]+)", README, re.M)) | set(re.findall(r"-m pid_trt ([\w-]+)", README))
     assert shown and shown <= set(cli.commands), shown - set(cli.commands)
     for name in shown:
         assert CliRunner().invoke(cli, [name, "--help"]).exit_code == 0

@@ -80,6 +80,7 @@ def _register() -> None:
         embed_cmd,
         engines_cmd,
         export_cmd,
+        fp8_sweep_cmd,
         generate_cmd,
         inspect_cmd,
         parity_cmd,
@@ -88,7 +89,7 @@ def _register() -> None:
     )
 
     for mod in (demo_cmd, export_cmd, build_cmd, engines_cmd, decode_cmd, generate_cmd, reconstruct_cmd, parity_cmd,
-                bench_cmd, serve_cmd, embed_cmd, inspect_cmd):
+                bench_cmd, fp8_sweep_cmd, serve_cmd, embed_cmd, inspect_cmd):
         if mod.command.name not in cli.commands:
             cli.add_command(mod.command)
 

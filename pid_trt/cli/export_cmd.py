@@ -5,7 +5,7 @@ import pathlib
 
 import click
 
-from pid_trt.cli.options import DIR, FILE, command, emit_json, json_option, net_options, note, out_option, result
+from pid_trt.cli.options import DIR, FILE, command, emit_json, export_net_options, json_option, note, out_option, result
 from pid_trt.config import EXPORT_PRECISIONS
 
 
@@ -13,17 +13,17 @@ from pid_trt.config import EXPORT_PRECISIONS
 @click.option("--component", type=click.Choice(["denoiser", "text"]), default="denoiser", show_default=True,
               help="What to export: the PiD denoiser, or the Gemma-2 caption encoder (needs --text-encoder).")
 @click.option("--text-encoder", type=DIR, help="Local gemma-2-2b-it directory.")
-@net_options
-@click.option("--net-config", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
-              help="Flat JSON dict of upstream PidNet kwargs (custom nets; replaces --backbone/--ckpt).")
-@click.option("--checkpoint", type=FILE,
-              help="model_ema_bf16.pth or .safetensors; without it, random weights of the official shape.")
+@export_net_options
 @click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32", show_default=True)
+@click.option("--keep-high", multiple=True, metavar="LAYER",
+              help="fp8: keep this Linear layer (module name, e.g. patch_blocks.3.mlp_x.w2) unquantized (repeatable).")
+@click.option("--keep-high-file", type=FILE,
+              help="fp8: a file of such layer names, one per line (`pid-trt fp8-sweep --out` writes one).")
 @click.option("--single", is_flag=True, help="Export one graph (model.onnx) instead of cond + denoise.")
 @out_option(help="Output directory [default: onnx/<backbone>_<ckpt>_<precision>].")
 @json_option("The written manifest as JSON on stdout, or copied to FILE.")
-def command(component, text_encoder, backbone, ckpt, net_config, checkpoint, precision, single, out,
-            json_out) -> None:
+def command(component, text_encoder, backbone, ckpt, net_config, checkpoint, precision, keep_high, keep_high_file,
+            single, out, json_out) -> None:
     """Export the PiD denoiser (dynamic batch, height, width and text length) or the caption encoder to ONNX."""
     from pid_trt.config import NetConfig
     from pid_trt.errors import PiDInputError
@@ -49,11 +49,18 @@ def command(component, text_encoder, backbone, ckpt, net_config, checkpoint, pre
                                       f"{net_config.stem}_{precision}")
     if backbone is not None and config is None and (entry_note := resolve(backbone, ckpt).note):
         note(entry_note)
+    if keep_high_file is not None:
+        from pid_trt.fp8_sweep import read_layer_list
+
+        keep_high = (*keep_high, *read_layer_list(keep_high_file))
     out = export_onnx(out, backbone=backbone, ckpt=ckpt, net_config=config, checkpoint=checkpoint,
-                      precision=precision, single=single)
+                      precision=precision, single=single, keep_high=keep_high)
     manifest = read_manifest(out)
     for name, g in manifest["graphs"].items():
         result(f"{name}: {g['file']} ({g['nodes_before_slim']} → {g['nodes_after_slim']} nodes after onnxslim)",
                json_out)
+        if g.get("fp8"):
+            result(f"{name}: FP8 on {len(g['fp8']['layers'])} Linear layers, {len(g['fp8']['keep_high'])} kept high",
+                   json_out)
     result(f"wrote {out} in {manifest['export_seconds']} s", json_out)
     emit_json(manifest, json_out)

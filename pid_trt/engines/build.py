@@ -73,6 +73,13 @@ def _export(plan: BuildPlan) -> None:
     plan.net_config = NetConfig.from_dict(plan.manifest["net_config"])
 
 
+def fp8_identity(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Per FP8 graph, the choices that make its quantization (layers kept high, calibration); None for others."""
+    fp8 = {g: {"keep_high": spec["fp8"].get("keep_high", []), "calibration": spec["fp8"].get("calibration")}
+           for g, spec in manifest["graphs"].items() if spec.get("fp8")}
+    return fp8 or None
+
+
 def make_sidecar(plan: BuildPlan, manifest: dict[str, Any], trt_version: str, gpu: GpuInfo,
                  timing_cache: pathlib.Path | None) -> dict[str, Any]:
     """The sidecar (docs/formats.md) before the store fills in engine files and sha256s."""
@@ -90,6 +97,7 @@ def make_sidecar(plan: BuildPlan, manifest: dict[str, Any], trt_version: str, gp
         "profiles": [p.to_json() for p in plan.profiles],
         "profile_hash": plan.profile_hash,
         "weights_sha256": manifest["weights"]["sha256"],
+        "fp8": fp8_identity(manifest),
         "tensorrt_version": trt_version,
         "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
         "build_flags": {"strongly_typed": True, "opt_level": plan.opt_level, "workspace_bytes": plan.workspace_bytes,

@@ -43,6 +43,7 @@ def build_serialized_engine(onnx_path: pathlib.Path, profiles: list[Shapes], *, 
 
     config = builder.create_builder_config()
     config.builder_optimization_level = opt_level
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer types and precisions for `pid-trt inspect`
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     cache = config.create_timing_cache(timing_cache)

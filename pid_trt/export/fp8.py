@@ -314,12 +314,24 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"min": float(a.min()), "median": float(np.median(a)), "max": float(a.max())} if a.size else {}
 
 
+def check_keep_high(net: PiDNet, keep_high: Sequence[str]) -> list[str]:
+    """`keep_high` sorted and deduplicated; an input error naming any entry that is not an FP8 Linear layer."""
+    known = set(fp8_linear_names(net))
+    unknown = sorted(set(keep_high) - known)
+    if unknown:
+        raise PiDInputError(f"--keep-high: {', '.join(unknown[:3])} {'is' if len(unknown) == 1 else 'are'} not FP8 "
+                            f"Linear layers of this net (names like {fp8_linear_names(net)[0]}; "
+                            "`pid-trt fp8-sweep` lists them)")
+    return sorted(set(keep_high))
+
+
 def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, stats: Fp8Calibration,
-                 base: str = DEFAULT_BASE) -> dict[str, Any]:
+                 base: str = DEFAULT_BASE, keep_high: Sequence[str] = ()) -> dict[str, Any]:
     """Insert FP8 E4M3 Q/DQ into the denoise (or single) graph at `onnx_path`, exported with the `base` precision
     policy, in place.
 
     `net` holds the fp32 weights the graph was exported from; `stats` is `calibrate(net, ...)`.
+    `keep_high` names Linear layers (from `fp8_linear_names`) that stay in the base precision.
     Returns a JSON-able description for the manifest.
     """
     import onnx
@@ -330,11 +342,13 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, stats: Fp8Calibrati
         raise PiDInputError(f"FP8 base precision must be one of {', '.join(BASE_PRECISIONS)}, got {base!r}")
     t0 = time.perf_counter()
     path = pathlib.Path(onnx_path)
+    keep_high = check_keep_high(net, keep_high)
     model = onnx.load(str(path))
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < MIN_OPSET:
         raise PiDInputError(f"FP8 Q/DQ needs ONNX opset >= {MIN_OPSET}; {path.name} has opset {opset}")
-    linears = _find_linears(model, net, HALF_DTYPES[base])
+    found = _find_linears(model, net, HALF_DTYPES[base])
+    linears = [f for f in found if not set(f["layers"]) & set(keep_high)]
     cores = attention_cores(model)
     if len(cores) != len(stats.attention):
         raise PiDInputError(f"FP8: {path.name} has {len(cores)} attention cores but calibration saw "
@@ -344,6 +358,7 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, stats: Fp8Calibrati
     plan: dict[str, tuple[np.ndarray, int | None]] = {}
     uses: list[tuple[Any, int, str]] = []
     layer_amax: dict[str, float] = {}
+    layer_nodes: dict[str, str] = {}
     weight_amax: list[float] = []
     for f in linears:
         x, w_name = f["node"].input[0], f["node"].input[1]
@@ -354,6 +369,7 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, stats: Fp8Calibrati
         weight_amax += f["weight_amax"].tolist()
         for name in f["layers"]:
             layer_amax[name] = round(stats.linear_amax[name], 6)
+            layer_nodes[name] = f["node"].name
     attention = []
     for c, recorded in zip(cores, stats.attention):
         use_fp8 = fp8_attention(recorded["head_dim"])
@@ -373,7 +389,9 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, stats: Fp8Calibrati
         "method": "explicit Q/DQ inserted by pid_trt (QuantizeLinear→DequantizeLinear, FLOAT8E4M3FN, saturate)",
         "format": "E4M3FN", "base_precision": base, "qdq_pairs": len(plan),
         "layers": sorted(layer_amax),
-        "not_in_graph": [n for n in fp8_linear_names(net) if n not in layer_amax],
+        "keep_high": keep_high,  # FP8 Linear layers left in high precision (part of the engine's identity)
+        "layer_nodes": layer_nodes,  # layer → the MatMul/Gemm node it runs as
+        "not_in_graph": [n for n in fp8_linear_names(net) if not any(n in f["layers"] for f in found)],
         "attention": {"rule": "FP8 attention where head_dim % 16 == 0",
                       "head_dims": sorted({a["head_dim"] for a in attention}),
                       "fp8_cores": n_fp8_attention, "cores": len(attention)},

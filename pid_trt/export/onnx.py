@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +23,7 @@ from pid_trt.atomic import atomic_write_json, umask
 from pid_trt.checkpoint import sha256_file, weights_digest
 from pid_trt.config import EXPORT_PRECISIONS, VERSION, match_net_definition
 from pid_trt.errors import PiDInputError
-from pid_trt.export.fp8 import BASE_PRECISIONS, DEFAULT_BASE, Calibration, calibrate, quantize_fp8
+from pid_trt.export.fp8 import BASE_PRECISIONS, DEFAULT_BASE, Calibration, calibrate, check_keep_high, quantize_fp8
 from pid_trt.export.graphs import CondGraph, DenoiseGraph, SingleGraph, export_view, feature_names, precision_policy
 from pid_trt.export.manifest import FORMAT, FORMAT_VERSION, sampler_block
 from pid_trt.model import PiDNet
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 OPSET = 20
 _TWO_GB = 2**31 - 1
+MODULE_KEY = "pid_trt.module"  # node metadata: the PiDNet module a node computes (e.g. patch_blocks.0.attn.qkv_x)
+_TORCH_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # what the dynamo exporter records (onnxslim drops it)
 
 
 def _dims():
@@ -88,9 +90,31 @@ def _dynamic_shapes(net: PiDNet, which: str) -> dict[str, dict[int, Any]]:
             "feats": tuple(feat for _ in feature_names(net))}
 
 
+def _node_modules(model) -> dict[str, str]:
+    """Node name → PiDNet module path, from the exporter's name scopes (['', 'net.patch_blocks.0', …, 'linear_7'])."""
+    import ast
+
+    modules = {}
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == _TORCH_SCOPES_KEY), None)
+        owners = [s for s in ast.literal_eval(scopes) if s.startswith("net.")] if scopes else []
+        if owners:
+            modules[node.name] = owners[-1].removeprefix("net.")
+    return modules
+
+
+def _tag_modules(model, modules: dict[str, str]) -> None:
+    """Record each node's module as `MODULE_KEY` metadata (layer-wise parity names modules by it)."""
+    import onnx
+
+    for node in model.graph.node:
+        if node.name in modules and not any(p.key == MODULE_KEY for p in node.metadata_props):
+            node.metadata_props.append(onnx.StringStringEntryProto(key=MODULE_KEY, value=modules[node.name]))
+
+
 def _export_graph(module: torch.nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic_shapes,
                   path: pathlib.Path, meta: dict[str, str]) -> dict[str, Any]:
-    """torch.export → ONNX (dynamo, opset 20) → onnxslim → metadata → save.
+    """torch.export → ONNX (dynamo, opset 20) → onnxslim → metadata (graph and per-node module) → save.
 
     Graphs whose weights exceed 1 GB keep their weights in `<file>.data` (protobuf's limit is 2 GB) and skip
     onnxslim, which would hold a second copy in memory (the dynamo exporter has already folded constants).
@@ -115,9 +139,11 @@ def _export_graph(module: torch.nn.Module, args: tuple, names: tuple[list[str], 
     large = data.exists() and data.stat().st_size > _TWO_GB // 2
     model = onnx.load(str(path), load_external_data=not large)
     nodes_before = len(model.graph.node)
+    modules = _node_modules(model)
     if not large:
-        model = onnxslim.slim(model)
+        model = onnxslim.slim(model)  # keeps node names, drops node metadata
         data.unlink(missing_ok=True)
+    _tag_modules(model, modules)
     for key, value in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.save_model(model, str(path))  # large: the tensors still point at <file>.data
@@ -156,15 +182,19 @@ def build_net(*, backbone: str | None = None, ckpt: str | None = None, net_confi
 def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckpt: str | None = None,
                 net_config: Mapping[str, Any] | None = None, checkpoint: str | pathlib.Path | None = None,
                 precision: str = "fp32", single: bool = False, net: PiDNet | None = None,
-                calibration: Calibration | None = None, fp8_base: str = DEFAULT_BASE) -> pathlib.Path:
+                calibration: Calibration | None = None, fp8_base: str = DEFAULT_BASE,
+                keep_high: Sequence[str] = ()) -> pathlib.Path:
     """Export cond.onnx + denoise.onnx (or model.onnx with `single=True`) and manifest.json into `out_dir`.
 
     fp8: the graphs are exported in `fp8_base` precision (fp16 or bf16) and the denoise graph gets FP8 Q/DQ, with
-    scales from max calibration over reference decodes of `calibration` (default: `fp8.default_calibration`).
+    scales from max calibration over reference decodes of `calibration` (default: `fp8.default_calibration`);
+    `keep_high` names Linear layers that stay unquantized (pid_trt.export.fp8.quantize_fp8).
     The directory appears only when complete (written to a temporary sibling, then renamed).
     """
     if precision not in EXPORT_PRECISIONS:
         raise PiDInputError(f"precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
+    if keep_high and precision != "fp8":
+        raise PiDInputError(f"--keep-high applies to --precision fp8 only (got {precision})")
     out = pathlib.Path(out_dir)
     owned = net is None
     if owned:
@@ -172,6 +202,8 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
     else:
         info = {"backbone": backbone, "ckpt": ckpt, "net_definition": match_net_definition(net.config),
                 "weights_source": "in-memory", "note": ""}
+    if keep_high:  # names checked before the long export, not after it
+        check_keep_high(net, keep_high)
     if info["weights_source"] == "random":
         log.warning("no --checkpoint given: exporting RANDOM weights of the official shape "
                     "(fine for engine and performance work, useless for images)")
@@ -219,7 +251,8 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
         if precision == "fp8":
             for name in graphs:
                 if name != "cond":
-                    graphs[name]["fp8"] = quantize_fp8(tmp / graphs[name]["file"], net, fp8_stats, fp8_base)
+                    graphs[name]["fp8"] = quantize_fp8(tmp / graphs[name]["file"], net, fp8_stats, fp8_base,
+                                                       keep_high)
         for g in graphs.values():
             g["sha256"] = sha256_file(tmp / g["file"])
         config = net.config

@@ -6,6 +6,7 @@ loop lives in pid_trt.sampler, not here. The TensorRT backend is pid_trt.runtime
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -56,6 +57,41 @@ class TorchBackend:
             return self._denoise(x, t, y, sigma, feats)
 
 
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError('onnxruntime is not installed: pip install "pid-trt[onnxruntime]" (CPU) or '
+                                     '"pid-trt[onnxruntime-cuda]" (CUDA, see README.md)') from None
+    return onnxruntime
+
+
+def ort_session(model: pathlib.Path | bytes, providers: Sequence = ("CPUExecutionProvider",), threads: int = 0):
+    """An ONNX Runtime session on a model file (or serialized model) with pid-trt's session options; `providers`
+    as ONNX Runtime takes them (names, or (name, options) pairs)."""
+    ort = _onnxruntime()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    # idle worker threads would spin between calls, starving torch's sampler arithmetic on small machines
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=list(providers))
+
+
+def session_feeds(session, feeds: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` as the arrays an ONNX Runtime session takes: its inputs, each in the input's type."""
+    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+    out = {}
+    for i in session.get_inputs():
+        if i.type not in types:
+            raise PiDInputError(f"ONNX Runtime cannot feed {i.type} input {i.name}; "
+                                "use the tensorrt backend for this precision")
+        value = feeds[i.name]
+        if torch.is_tensor(value):
+            value = value.detach().to("cpu", torch.float32).numpy()
+        out[i.name] = np.asarray(value).astype(types[i.type], copy=False)
+    return out
+
+
 class OnnxRuntimeBackend:
     """The exported cond + denoise graphs (or a single graph) in ONNX Runtime, CPU or CUDA provider.
 
@@ -66,11 +102,7 @@ class OnnxRuntimeBackend:
     graph_safe = False
 
     def __init__(self, onnx_dir: str | pathlib.Path, device: str | torch.device | None = None, threads: int = 0):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MissingDependencyError('onnxruntime is not installed: pip install "pid-trt[onnxruntime]" (CPU) or '
-                                         '"pid-trt[onnxruntime-cuda]" (CUDA, see README.md)') from None
+        ort = _onnxruntime()
         self.dir = pathlib.Path(onnx_dir)
         self.manifest = read_manifest(self.dir)
         self.net_config = NetConfig.from_dict(self.manifest["net_config"])
@@ -80,14 +112,8 @@ class OnnxRuntimeBackend:
         providers: list = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index}))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        # idle worker threads would spin between calls, starving torch's sampler arithmetic on small machines
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.sessions = {}
-        for name, graph in self.manifest["graphs"].items():
-            path = self.dir / graph["file"]
-            self.sessions[name] = ort.InferenceSession(str(path), opts, providers=providers)
+        self.sessions = {name: ort_session(self.dir / graph["file"], providers, threads)
+                         for name, graph in self.manifest["graphs"].items()}
         # what actually runs: ORT falls back to the CPU when CUDA is unusable, and logs it only
         self.providers = next(iter(self.sessions.values())).get_providers()
         if self.device.type == "cuda" and self.providers[0] != "CUDAExecutionProvider":
@@ -96,34 +122,22 @@ class OnnxRuntimeBackend:
                 f"{', '.join(ort.get_available_providers())}; in use: {', '.join(self.providers)}); install the CUDA "
                 "route of README.md (pid-trt[onnxruntime-cuda]) or pass --device cpu")
 
-    @staticmethod
-    def _np(t: torch.Tensor, dtype) -> np.ndarray:
-        return t.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
-
-    def _inputs(self, session, feeds: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        types = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-        out = {}
-        for i in session.get_inputs():
-            if i.type not in types:
-                raise PiDInputError(f"ONNX Runtime cannot feed {i.type} input {i.name}; "
-                                    "use the tensorrt backend for this precision")
-            out[i.name] = self._np(feeds[i.name], types[i.type])
-        return out
-
     def cond(self, lq_latent, height, width):
         if "model" in self.sessions:  # single-graph export: the latent goes in with every step
             return [lq_latent]
         s = self.sessions["cond"]
-        outs = s.run(None, self._inputs(s, {"lq_latent": lq_latent}))
+        outs = s.run(None, session_feeds(s, {"lq_latent": lq_latent}))
         return [torch.from_numpy(o).to(self.device) for o in outs]
 
+    def step_feeds(self, x, t, y, sigma, feats) -> tuple[str, dict[str, torch.Tensor]]:
+        """The graph one denoiser call runs ("denoise", or "model" for a single-graph export) and its inputs."""
+        if "model" in self.sessions:  # the latent stands in for the features
+            return "model", {"x": x, "t": t, "y": y, "lq_latent": feats[0], "degrade_sigma": sigma}
+        names = [o.name for o in self.sessions["cond"].get_outputs()]
+        return "denoise", {"x": x, "t": t, "y": y, "degrade_sigma": sigma, **dict(zip(names, feats))}
+
     def denoise(self, x, t, y, sigma, feats):
-        if "model" in self.sessions:
-            s = self.sessions["model"]
-            feeds = {"x": x, "t": t, "y": y, "lq_latent": feats[0], "degrade_sigma": sigma}
-        else:
-            s = self.sessions["denoise"]
-            names = [o.name for o in self.sessions["cond"].get_outputs()]
-            feeds = {"x": x, "t": t, "y": y, "degrade_sigma": sigma, **dict(zip(names, feats))}
-        v = s.run(None, self._inputs(s, feeds))[0]
+        graph, feeds = self.step_feeds(x, t, y, sigma, feats)
+        s = self.sessions[graph]
+        v = s.run(None, session_feeds(s, feeds))[0]
         return torch.from_numpy(v).to(self.device, torch.float32)

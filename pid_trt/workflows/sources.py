@@ -195,6 +195,44 @@ class Sources:
         return reference_net(*meta, checkpoint=self.reference_checkpoint, tiny_seed=self.tiny_seed,
                              tiny_init=self.tiny[2])
 
+    def reference_export(self, directory: pathlib.Path | None = None, single: bool = False) -> pathlib.Path:
+        """A fresh fp32 ONNX export of the reference weights (layer-wise parity's reference graphs). Kept in
+        `directory` when given, and reused from there while it holds an fp32 export of the same weights."""
+        import copy
+
+        from pid_trt.checkpoint import weights_digest
+        from pid_trt.config import VERSION
+        from pid_trt.export import export_onnx, read_manifest
+
+        net = self.reference_net()[0]
+        if directory is not None and (directory / "manifest.json").exists():
+            m = read_manifest(directory)
+            if (m["precision"], m["weights"]["sha256"], "model" in m["graphs"], m["pid_trt_version"]) != (
+                    "fp32", weights_digest(net), single, VERSION):
+                raise PiDInputError(f"{directory} holds another export than the fp32 reference of these weights; "
+                                    "remove it or pass another --reference-export")
+            log.info("reusing the fp32 reference export in %s", directory)
+            return directory
+        if directory is None:
+            directory = pathlib.Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="pid-trt-ref-")))
+            directory = directory / "onnx"
+        if next(net.parameters()).device.type != "cpu":  # the exporter traces on the CPU
+            net = copy.deepcopy(net).cpu()
+        log.info("exporting the reference weights to fp32 ONNX in %s (the layer-wise reference) ...", directory)
+        return export_onnx(directory, net=net, precision="fp32", single=single)
+
+    def engine_export(self, sidecar: dict[str, Any]) -> pathlib.Path:
+        """The ONNX export engines were built from: the one under <engine-dir>/onnx/ with the sidecar's sha256s."""
+        from pid_trt.export import read_manifest
+
+        want = {g: e["onnx_sha256"] for g, e in sidecar["engines"].items()}
+        for path in sorted(self.file.glob("onnx/*/manifest.json")):
+            graphs = read_manifest(path.parent)["graphs"]
+            if all(graphs.get(g, {}).get("sha256") == sha for g, sha in want.items()):
+                return path.parent
+        raise PiDInputError(f"no export under {self.file / 'onnx'} has the ONNX sha256s of {sidecar['name']}; "
+                            "layer-wise parity rebuilds the engines from the graphs they were built from")
+
     def _sidecar_meta(self):
         for path in sorted(self.file.glob("*.json")):
             with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):

@@ -23,6 +23,17 @@ def run(*args):
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here; this checks the message when it is missing")
+def test_inspect_engine_without_tensorrt_is_one_line(tmp_path):
+    (tmp_path / "pid_x.denoise.engine").write_bytes(b"plan")
+    for target in (tmp_path / "pid_x.denoise.engine", tmp_path):  # a file, or a directory holding engines
+        result = run("inspect", str(target))
+        assert result.exit_code == 2 and result.output.startswith("error: TensorRT is not installed")
+        assert len(result.output.strip().splitlines()) == 1
+    result = run("inspect", str(tmp_path / "missing.engine"))
+    assert result.exit_code == 2 and "is not a TensorRT engine" in result.output
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here; this checks the message when it is missing")
 def test_build_without_tensorrt_is_one_line(tmp_path):
     result = run("build", "--backbone", "flux2", "--ckpt", "2kto4k", "--engine-dir", str(tmp_path))
     assert result.exit_code == 2

@@ -51,6 +51,7 @@ def test_sidecar_round_trip(built):
     assert sidecar["gpu"] == {"name": H100.name, "compute_capability": "9.0"} and sidecar["tensorrt_version"] == TRT
     assert sidecar["profiles"] == [p.to_json() for p in plan.profiles]
     assert sidecar["build_flags"]["strongly_typed"] is True
+    assert sidecar["fp8"] is None  # a bf16 export: no FP8 choices to record
     for graph, blob in (("cond", b"cond-plan"), ("denoise", b"denoise-plan")):
         spec = sidecar["engines"][graph]
         assert (plan.engine_dir / spec["file"]).read_bytes() == blob

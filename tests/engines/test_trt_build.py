@@ -66,3 +66,10 @@ def test_build_tiny_engines_then_up_to_date(tmp_path, gpu, caplog):
     lookup = find_engine(plan.engine_dir, "flux", "2kto4k", "fp32", trt_version=tensorrt.__version__,
                          compute_capability=gpu.compute_capability, width=512, height=256, batch=2)
     assert lookup.require() == path
+    # `pid-trt inspect` reads the same engines back: layers with their precisions, and both profiles
+    from pid_trt.engines.inspect import inspect_engine
+
+    info = inspect_engine(plan.engine_dir)
+    denoise = info[sidecar["engines"]["denoise"]["file"]]
+    assert len(denoise["profiles"]) == 2 and set(denoise["profiles"][0]) >= {"x", "t", "y", "degrade_sigma"}
+    assert denoise["layers"] and denoise["layer_precisions"].get("fp32", 0) > 0
