@@ -32,6 +32,7 @@ def tensorrt_version() -> str:
 class GpuInfo:
     name: str
     compute_capability: str  # "9.0"
+    total_memory: int | None = None  # bytes; None where unknown
 
 
 def gpu_info() -> GpuInfo:
@@ -42,7 +43,7 @@ def gpu_info() -> GpuInfo:
         raise EngineBuildError("no CUDA GPU is visible to PyTorch; TensorRT engines are built on the GPU "
                                "that will run them (check the driver, CUDA_VISIBLE_DEVICES and a CUDA PyTorch)")
     major, minor = torch.cuda.get_device_capability(0)
-    return GpuInfo(torch.cuda.get_device_name(0), f"{major}.{minor}")
+    return GpuInfo(torch.cuda.get_device_name(0), f"{major}.{minor}", torch.cuda.get_device_properties(0).total_memory)
 
 
 def detect_local() -> tuple[str | None, GpuInfo | None]:

@@ -7,7 +7,6 @@ graph.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
@@ -16,8 +15,10 @@ import torch
 from pid_trt.config import NetConfig
 from pid_trt.engines.detect import detect_local, load_tensorrt
 from pid_trt.engines.profiles import Profile
-from pid_trt.engines.store import EngineStore, canonical_names, find_engine
+from pid_trt.engines.store import EngineStore, canonical_names, find_engine, sidecar_weights_id, verify_engine_files
 from pid_trt.errors import PiDInputError
+from pid_trt.export.manifest import check_weights
+from pid_trt.integrity import file_sha256
 
 
 def _torch_dtype(trt, dtype) -> torch.dtype:
@@ -68,36 +69,48 @@ class TensorRTBackend:
 
     def __init__(self, sidecar_path: pathlib.Path):
         trt = load_tensorrt()
-        self.sidecar = json.loads(sidecar_path.read_text())
+        root = sidecar_path.parent
+        self.sidecar = EngineStore(root).read_sidecar(sidecar_path.stem)  # validated against its schema
         self.net_config = NetConfig.from_dict(self.sidecar["net_config"])
+        self.precision = self.sidecar["precision"]
+        self.weights = self.sidecar.get("weights") or {"sha256": self.sidecar["weights_sha256"]}
         self.device = torch.device("cuda")
         self.profiles = [Profile.from_json(p) for p in self.sidecar["profiles"]]
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        root = sidecar_path.parent
-        self.cond_engine = _Engine(trt, self.runtime, root / self.sidecar["engines"]["cond"]["file"])
-        self.denoise_engine = _Engine(trt, self.runtime, root / self.sidecar["engines"]["denoise"]["file"])
+        files = verify_engine_files(root, self.sidecar)  # inside the directory and unchanged since the build
+        self.cond_engine = _Engine(trt, self.runtime, files["cond"])
+        self.denoise_engine = _Engine(trt, self.runtime, files["denoise"])
         self._feature_names = self.cond_engine.outputs
 
     @classmethod
     def from_engine_dir(cls, engine_dir: pathlib.Path, *, backbone: str | None, ckpt: str | None,
-                        precision: str | None) -> "TensorRTBackend":
-        """The usable engine in `engine_dir` for backbone/ckpt/precision; any of them may be left out when the
-        directory's finished engines leave only one choice."""
+                        precision: str | None, checkpoint: str | pathlib.Path | None = None) -> "TensorRTBackend":
+        """The usable engine in `engine_dir` for backbone/ckpt/precision and, with `checkpoint`, built from those
+        weights; any of them may be left out when the directory's finished engines leave only one choice."""
         finished = [e.sidecar for e in EngineStore(engine_dir).scan() if e.sidecar is not None]
         if backbone is not None:
             want = canonical_names(backbone, ckpt or "2k")
             finished = [s for s in finished if (s["backbone"], s["ckpt"]) == want]
-        choices = sorted({(s["backbone"], s["ckpt"], s["precision"]) for s in finished
-                          if precision in (None, s["precision"])})
+        if checkpoint is not None:
+            wanted = file_sha256(checkpoint)[:8]
+            finished = [s for s in finished if sidecar_weights_id(s) in (wanted, None)]
+        choices = sorted({(s["backbone"], s["ckpt"], s["precision"], sidecar_weights_id(s) or "unknown")
+                          for s in finished if precision in (None, s["precision"])})
         if len(choices) != 1:
-            found = ", ".join(" ".join(c) for c in choices) or "none"
-            raise PiDInputError(f"{engine_dir}: {len(choices)} matching engine sets ({found}); "
-                                "pass --backbone/--ckpt (and the precision) to choose one")
-        backbone, ckpt, precision = choices[0]
+            found = ", ".join(f"{b} {c} {p} weights {w}" for b, c, p, w in choices) or "none"
+            raise PiDInputError(f"{engine_dir}: {len(choices)} matching engine sets ({found}); pass --backbone/"
+                                "--ckpt, the precision or --checkpoint (the weights) to choose one")
+        backbone, ckpt, precision, weights = choices[0]
         trt_version, gpu = detect_local()
         lookup = find_engine(engine_dir, backbone, ckpt, precision, trt_version=trt_version,
-                             compute_capability=gpu.compute_capability if gpu else None)
-        return cls(lookup.require())
+                             compute_capability=gpu.compute_capability if gpu else None,
+                             weights=None if weights == "unknown" else weights)
+        path = lookup.require()
+        if checkpoint is not None:
+            sidecar = lookup.sidecar
+            check_weights(sidecar.get("weights") or {"sha256": sidecar["weights_sha256"]}, checkpoint,
+                          f"engine {sidecar['name']}", sidecar["net_config"])
+        return cls(path)
 
     def _profile(self, batch: int, height: int, width: int) -> int:
         static = [i for i, p in enumerate(self.profiles) if p.kind == "static" and p.covers(width, height, batch)]
