@@ -58,11 +58,13 @@ def activation_bytes(net_config: Mapping[str, Any], width: int, height: int, bat
 
 
 def decode_bytes(net_config: Mapping[str, Any], width: int, height: int, batch: int = 1, precision: str = "fp32",
-                 draws: int = 4) -> int:
+                 draws: int = 4, text_len: int | None = None) -> int:
     """A whole decode: one denoise call's activations plus the sampler's state (the noise draws, x, the velocity,
-    the image and x0 in float64, all [B, 3, H, W])."""
+    the image and x0 in float64, all [B, 3, H, W]) and the caption embedding as given (`text_len` tokens, default
+    the net's limit; longer captions are truncated in the net but still held)."""
     state = batch * 3 * width * height * (4 * (draws + 3) + 8)
-    return activation_bytes(net_config, width, height, batch, precision) + state
+    caption = 3 * batch * (text_len or net_config["txt_max_length"]) * net_config["txt_embed_dim"] * 4
+    return activation_bytes(net_config, width, height, batch, precision) + state + caption
 
 
 def text_encoder_bytes(config: Mapping[str, Any], tokens: int, batch: int = 1, dtype_bytes: int = 2) -> int:
@@ -121,29 +123,30 @@ def check_aspect(width: int, height: int) -> None:
 
 
 def largest_size(net_config: Mapping[str, Any], width: int, height: int, batch: int, precision: str,
-                 budget: int) -> tuple[int, int] | None:
-    """The largest W×H of the same aspect ratio (on the net's size grid) whose activations fit `budget`."""
+                 budget: int, text_len: int | None = None) -> tuple[int, int] | None:
+    """The largest W×H of the same aspect ratio (on the net's size grid) whose decode fits `budget`."""
     step = net_config["latent_spatial_down_factor"] * net_config["sr_scale"]
 
     def size(n: int) -> tuple[int, int]:
         return max(step, round(n * step * width / height / step) * step), n * step
 
-    n = largest(lambda n: decode_bytes(net_config, *size(n), batch, precision) <= budget, max(1, height // step))
+    n = largest(lambda n: decode_bytes(net_config, *size(n), batch, precision, text_len=text_len) <= budget,
+                max(1, height // step))
     return size(n) if n else None
 
 
 def check_fits(net_config: Mapping[str, Any], width: int, height: int, batch: int, precision: str, budget: int,
-               where: str, resident: int = 0) -> None:
+               where: str, resident: int = 0, text_len: int | None = None) -> None:
     """PiDInputError unless a decode at W×H and `batch` fits `budget` bytes (`resident`: memory the weights will
     take first, when they are not loaded yet); the message names the largest size that fits."""
     check_aspect(width, height)
-    need = decode_bytes(net_config, width, height, batch, precision)
+    need = decode_bytes(net_config, width, height, batch, precision, text_len=text_len)
     room = budget - resident
     if need <= room:
         return
-    best = largest_size(net_config, width, height, batch, precision, room)
+    best = largest_size(net_config, width, height, batch, precision, room, text_len)
     fits = (f"the largest size of this aspect ratio that fits is {best[0]}x{best[1]} at batch {batch}" if best else
-            "not even the smallest size fits at this batch; lower the batch size or free memory")
+            "not even the smallest size fits at this batch and caption length; lower them or free memory")
     weights = f" after {amount(resident)} of weights" if resident else ""
     raise PiDInputError(f"{width}x{height} at batch {batch} needs about {amount(need)} ({precision} activations and "
                         f"sampler state), but {where} has {amount(max(room, 0))} free{weights}; {fits}")

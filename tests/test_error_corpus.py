@@ -434,6 +434,8 @@ def test_a_size_that_cannot_fit_is_refused_in_seconds(tmp_path):
     assert_one_error(result, "262144x262144", "the largest size of this aspect ratio that fits is")
     result = run("parity", "--size", "262144x131072")
     assert_one_error(result, "the largest size of this aspect ratio that fits is")
+    result = run("bench", "--text-len", "4000000000", "--iters", "1", "--warmup", "0")  # the caption alone
+    assert_one_error(result, "needs about", "not even the smallest size fits")
     assert time.perf_counter() - start < 60  # nothing was allocated or run
 
 

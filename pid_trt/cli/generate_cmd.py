@@ -50,6 +50,7 @@ def command(model_dir, prompt, prompt_file, size, ldm_steps, guidance_scale, sav
     """Text → diffusers LDM → PiD, beside the pipeline's own VAE decode (upstream's from_ldm)."""
     import torch
 
+    from pid_trt.atomic import check_writable
     from pid_trt.errors import PiDInputError
     from pid_trt.workflows.decode import load_captions, my_share, output_tag, weights_summary, write_summary
     from pid_trt.workflows.generate import check_pipeline_dir, generate, ldm_settings, ldm_size, load_pipeline
@@ -65,6 +66,8 @@ def command(model_dir, prompt, prompt_file, size, ldm_steps, guidance_scale, sav
     prompts = [prompt] if prompt is not None else read_prompt_file(prompt_file)
     backbone = source["backbone"]
     # fail before loading anything large
+    out = out or pathlib.Path("results/official_demo") / backbone
+    check_writable(out)
     check_pipeline_dir(model_dir, backbone)
     indices = my_share(len(prompts), "prompt")
     info = describe_source(**source_from(source))
@@ -78,7 +81,6 @@ def command(model_dir, prompt, prompt_file, size, ldm_steps, guidance_scale, sav
     decoder = open_decoder_from(source)
     pipe = load_pipeline(model_dir, backbone, decoder.backend.device,
                          {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype))
-    out = out or pathlib.Path("results/official_demo") / backbone
     records = generate(pipe, decoder, prompts, captions, backbone=backbone, out_dir=out, resolution=size,
                        ldm_steps=ldm_steps, guidance_scale=guidance_scale, save_xt_steps=sorted(set(save_xt_steps)),
                        seed=seed, indices=indices, fmt=fmt, options=options, negative_embedding=negative)

@@ -40,6 +40,7 @@ from pid_trt.cli.options import (
 def command(vae_dir, image, manifest, caption, sigmas, seed, caption_embedding, text_encoder, steps, cfg, shift,
             negative_embedding, fmt, out, json_out, **source) -> None:
     """Image → VAE → PiD (upstream's from_clean), scored against the input."""
+    from pid_trt.atomic import check_writable
     from pid_trt.errors import PiDInputError
     from pid_trt.vae import check_vae_dir, load_vae
     from pid_trt.workflows.decode import load_captions, my_share, output_tag, weights_summary, write_summary
@@ -63,6 +64,8 @@ def command(vae_dir, image, manifest, caption, sigmas, seed, caption_embedding, 
     sigmas = check_sigmas(sigmas or (0.0,))
     samples = [Sample(image.stem, image, caption)] if image is not None else read_manifest(manifest, caption)
     # fail before loading anything large
+    out = out or pathlib.Path("results/official_demo_from_clean") / backbone
+    check_writable(out)
     check_vae_dir(vae_dir)
     indices = my_share(len(samples))
     info = describe_source(**source_from(source))
@@ -74,7 +77,6 @@ def command(vae_dir, image, manifest, caption, sigmas, seed, caption_embedding, 
                                        teacher=options.sampler == "teacher")
     decoder = open_decoder_from(source)
     vae = load_vae(vae_dir, device=decoder.backend.device)
-    out = out or pathlib.Path("results/official_demo_from_clean") / backbone
     records = reconstruct(vae, decoder, samples, captions, backbone=backbone, out_dir=out, sigmas=sigmas, seed=seed,
                           indices=indices, fmt=fmt, options=options, negative_embedding=negative)
     means = mean_metrics(records)

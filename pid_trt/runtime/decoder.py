@@ -111,15 +111,17 @@ class PiDDecoder:
         """What the backend computes in: torch fp32 or bf16 autocast, or the export's / engines' precision."""
         return self.backend.precision
 
-    def check_memory(self, width: int, height: int, batch: int, guided: bool = False) -> None:
-        """Refuse, before any work, a decode of W×H at `batch` whose estimated memory exceeds what the device has
-        free now (pid_trt.memory); the message names the largest size that fits."""
+    def check_memory(self, width: int, height: int, batch: int, guided: bool = False,
+                     text_len: int | None = None) -> None:
+        """Refuse, before any work, a decode of W×H at `batch` (captions of `text_len` tokens) whose estimated
+        memory exceeds what the device has free now (pid_trt.memory); the message names the largest size that
+        fits."""
         dev = self.backend.device
         budget = memory.available_bytes(dev)
         if dev.type == "cuda":  # torch's cache holds memory the decode can reuse
             budget += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
         memory.check_fits(self.net_config, width, height, batch * (2 if guided else 1), self.precision, budget,
-                   f"{dev} ({self.backend.name})")
+                          f"{dev} ({self.backend.name})", text_len=text_len)
 
     @property
     def sampler(self) -> str:
@@ -185,7 +187,7 @@ class PiDDecoder:
         neg = teacher.check_guidance(y, neg, options.cfg) if options.sampler == "teacher" else None
         key = (tuple(z.shape), tuple(y.shape), options, neg is None)
         if key not in self._graphs:  # a replayed graph has fitted before
-            self.check_memory(ww, hh, z.shape[0], options.guided)
+            self.check_memory(ww, hh, z.shape[0], options.guided, y.shape[1])
         shape = (z.shape[0], 3, hh, ww)
         draws = options.noise_draws
         if noise is None:

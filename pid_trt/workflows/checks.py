@@ -87,7 +87,7 @@ def run_bench(*, backends: Sequence[str | None] = (None,), sizes: Sequence[tuple
             decoder = sources.decoder(backend, cuda_graph=cuda_graph)
             for size in sizes or [_size(decoder.net_config, None, {})]:
                 for batch in batches or (1,):
-                    decoder.check_memory(*size, batch)
+                    decoder.check_memory(*size, batch, text_len=text_len)
                     row = bench_decoder(decoder, size, batch, steps, warmup, iters, text_len)
                     log.info("%s %s batch %d: p50 %.2f ms", row["backend"], row["size"], batch, row["p50_ms"])
                     rows.append(row)
