@@ -15,6 +15,7 @@ import torch
 
 from pid_trt.config import NET_DEFINITIONS, match_net_definition
 from pid_trt.errors import CheckpointError
+from pid_trt.integrity import remembered
 from pid_trt.model import PiDNet
 from pid_trt.registry import experiments_for
 
@@ -95,11 +96,23 @@ def check_state_dict(state: dict[str, torch.Tensor], net_config: Mapping[str, An
     raise CheckpointError(f"{source} does not fit net {wanted or 'from the given config'}: {shown}{hint}")
 
 
+def check_finite(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> bool:
+    """CheckpointError naming the first tensor that holds NaN or Inf: such weights cannot decode."""
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: tensor {name} holds NaN or Inf values, so these weights cannot "
+                                  "decode (a damaged or diverged checkpoint)")
+    return True
+
+
 def load_net(path: str | pathlib.Path, net_config: Mapping[str, Any], device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32) -> PiDNet:
-    """Build the net for `net_config` and load the checkpoint strictly (weights become `dtype`, fp32 by default)."""
+    """Build the net for `net_config` and load the checkpoint strictly (weights become `dtype`, fp32 by default).
+
+    Keys and shapes must match the net, and every tensor must be finite (checked once per file version)."""
     state = net_state_dict(read_tensors(path))
     check_state_dict(state, net_config, source=str(path))
+    remembered(path, "finite_tensors", lambda: check_finite(state, str(path)))
     with torch.device("meta"):
         net = PiDNet(net_config)
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
@@ -113,14 +126,6 @@ def weights_digest(net: PiDNet) -> str:
     for name, p in sorted(net.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def sha256_file(path: str | pathlib.Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -138,4 +143,5 @@ def inspect_checkpoint(path: str | pathlib.Path) -> dict[str, Any]:
         "ignored_tensors": len(tensors) - len(state),
         "dtypes": dtypes,
         "parameters": sum(v.numel() for v in state.values()),
+        "non_finite_tensors": [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()],
     }

@@ -11,8 +11,11 @@ import dataclasses
 import importlib.metadata
 import json
 import math
+import os
 import pathlib
 import re
+import types
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +48,15 @@ TORCH_PRECISIONS = ("fp32", "bf16")  # the torch reference: fp32, or bf16 autoca
 SAMPLERS = ("student", "teacher")
 DEFAULT_ENGINE_DIR = pathlib.Path("engines")  # `pid-trt build` and `engines` without --engine-dir
 TINY_STRUCTURE = "V15-16"  # the built-in tiny nets' default structure: flux v1.5
+MAX_SEED = 2**63 - 1  # seeds (seed + sample index included) lie in 0..MAX_SEED: torch generators take 64-bit seeds
+
+
+def cache_root() -> pathlib.Path:
+    """pid-trt's user cache: `$PID_TRT_CACHE`, else `$XDG_CACHE_HOME/pid-trt`, else `~/.cache/pid-trt`."""
+    if root := os.environ.get("PID_TRT_CACHE"):
+        return pathlib.Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(xdg) / "pid-trt"
 
 # -- sampler defaults (docs/numerics.md §4, §5) ----------------------------------------------------------------
 
@@ -127,6 +139,10 @@ class NetConfig(Mapping):
     pit_lq_inject: bool = False
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, _FIELD_TYPES[f.name]):
+                raise ConfigError(f"net config {f.name} must be {f.type}, got {json.dumps(value)[:40]}")
         for key, value in _FIXED.items():
             if getattr(self, key) != value:
                 raise ConfigError(f"{key}={getattr(self, key)!r} selects a path no official PiD net uses "
@@ -233,6 +249,20 @@ class NetConfig(Mapping):
 
 
 _KEYS = tuple(f.name for f in dataclasses.fields(NetConfig))
+_FIELD_TYPES = typing.get_type_hints(NetConfig)
+
+
+def _has_type(value: Any, annotation: Any) -> bool:
+    """isinstance for the field annotations NetConfig uses (int, float, bool, str, int | None); bools are no ints."""
+    if isinstance(annotation, types.UnionType):
+        return any(_has_type(value, a) for a in annotation.__args__)
+    if annotation is type(None):
+        return value is None
+    if isinstance(value, bool) or annotation is bool:
+        return isinstance(value, bool) and annotation is bool
+    if annotation is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, annotation)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 
 from pid_trt.config import NetConfig
 from pid_trt.errors import PiDInputError
+from pid_trt.export.manifest import check_weights, is_random
 from pid_trt.model import PiDNet
 from pid_trt.runtime import PiDDecoder
 from pid_trt.sampler import to_uint8
@@ -204,49 +205,43 @@ def make_inputs(net_config: dict[str, Any], noise_for: Callable, *, seed: int = 
 
 # -- reference weights ---------------------------------------------------------------------------------------
 
-def reference_net(net_config: dict[str, Any], weights_sha256: str | None, weights_source: str | None = None, *,
+def reference_net(net_config: dict[str, Any], weights: Mapping[str, Any] | None, *,
                   checkpoint: str | pathlib.Path | None = None, tiny_seed: int | None = None,
                   tiny_init: str = "tame") -> tuple[PiDNet, str]:
-    """The fp32 weights an export or engine was made from, and how they were found. First match wins:
+    """The fp32 weights an export or engine was made from (`weights`: its weights block, None when unknown), and
+    how they were found. First match wins:
 
-    1. `checkpoint` (a model_ema_bf16.pth / .safetensors loaded for `net_config`);
+    1. `checkpoint` (a model_ema_bf16.pth / .safetensors loaded for `net_config`), refused at once when the
+       artifact records another checkpoint file;
     2. `tiny_seed`: the tiny net `tiny_net(seed=tiny_seed, init=tiny_init)` with `net_config` (in-memory exports);
-    3. the export's recorded source: a checkpoint path that exists, or "random" (rebuilt with the exporter's seed).
-    The result's sha256 must equal `weights_sha256` (when known), so a wrong reference is refused, not compared.
+    3. the recorded source: the checkpoint file (by absolute path, so from any directory), or random weights
+       (rebuilt with the exporter's seed).
+    The result's sha256 must equal the recorded one (when known), so a wrong reference is refused, not compared.
     """
-    from pid_trt.checkpoint import weights_digest
+    from pid_trt.checkpoint import load_net, weights_digest
     from pid_trt.export import build_net
 
+    weights = dict(weights or {})
+    source = (weights.get("checkpoint") or {}).get("path") or weights.get("source")
     if checkpoint is not None:
-        from pid_trt.checkpoint import load_net
-
+        if weights:
+            check_weights(weights, checkpoint, "the export or engine under test", net_config)
         net, how = load_net(checkpoint, net_config), f"checkpoint {checkpoint}"
     elif tiny_seed is not None:
         from pid_trt.tiny import tiny_net
 
         net, how = tiny_net(seed=tiny_seed, init=tiny_init, **net_config), f"tiny net seed {tiny_seed} ({tiny_init})"
-    elif weights_source == "random":
+    elif is_random(weights):
         net, how = build_net(net_config=net_config)[0], "random weights rebuilt with the exporter's seed"
-    elif weights_source and pathlib.Path(weights_source).is_file():
-        from pid_trt.checkpoint import load_net
-
-        net, how = load_net(weights_source, net_config), f"checkpoint {weights_source}"
+    elif source and pathlib.Path(source).is_file():
+        net, how = load_net(source, net_config), f"checkpoint {source}"
     else:
-        raise PiDInputError(f"cannot rebuild the reference weights (recorded source: {weights_source or 'unknown'}); "
+        raise PiDInputError(f"cannot rebuild the reference weights (recorded source: {source or 'unknown'}); "
                             "pass --reference-checkpoint FILE, or --tiny-seed N for a tiny net exported in memory")
-    if weights_sha256 and weights_digest(net) != weights_sha256:
+    if weights.get("sha256") and weights_digest(net) != weights["sha256"]:
         raise PiDInputError(f"the reference weights ({how}) are not the ones exported (sha256 "
-                            f"{weights_sha256[:12]}…); pass the checkpoint or tiny seed the export was made from")
+                            f"{weights['sha256'][:12]}…); pass the checkpoint or tiny seed the export was made from")
     return net.eval(), how
-
-
-def backend_precision(backend) -> str:
-    """The precision a loaded backend computes in (torch: its autocast; exports/engines: what they were built for)."""
-    if backend.name == "torch":
-        return backend.precision
-    if backend.name == "onnxruntime":
-        return backend.manifest["precision"]
-    return backend.sidecar["precision"]
 
 
 # -- the run -------------------------------------------------------------------------------------------------

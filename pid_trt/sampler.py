@@ -19,6 +19,7 @@ import torch
 
 from pid_trt import teacher
 from pid_trt.config import (
+    MAX_SEED,
     MAX_STUDENT_STEPS,
     MAX_TEACHER_STEPS,
     SAMPLERS,
@@ -31,6 +32,7 @@ from pid_trt.config import (
     NetConfig,
 )
 from pid_trt.errors import PiDInputError
+from pid_trt.memory import check_aspect
 
 STUDENT_T_LIST = (0.999, 0.866, 0.634, 0.342, 0.0)
 STUDENT_TIMESTEP = 1.0  # the N = 1 branch evaluates once at t = 1.0, not 0.999
@@ -130,6 +132,29 @@ class SamplerOptions:
 
 # -- inputs --------------------------------------------------------------------------------------------------
 
+def check_dtypes(**tensors: Any) -> None:
+    """Refuse values that are not real floating-point tensors (integer, bool and complex tensors are never
+    coerced); None stands for an absent optional input."""
+    for name, value in tensors.items():
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise PiDInputError(f"{name.replace('_', ' ')} must be a torch tensor, got {type(value).__name__}")
+        if not value.is_floating_point() or value.is_complex():
+            raise PiDInputError(f"{name.replace('_', ' ')} must be a floating-point tensor, got {value.dtype}")
+
+
+def check_seed(seed: Any, indices: Sequence[int] | None, batch: int) -> None:
+    """Per-sample seeds seed + index must be integers in 0..MAX_SEED (torch generators take 64-bit seeds)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise PiDInputError(f"seed must be an integer, got {seed!r}")
+    indices = range(batch) if indices is None else indices
+    if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0 for i in indices):
+        raise PiDInputError(f"sample indices must be non-negative integers, got {list(indices)[:8]}")
+    if seed < 0 or seed + max(indices, default=0) > MAX_SEED:
+        raise PiDInputError(f"seed {seed} (+ sample index up to {max(indices, default=0)}) must lie in 0..{MAX_SEED}")
+
+
 def check_inputs(net_config: Mapping[str, Any], lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma,
                  size: tuple[int, int] | None = None,
                  size_warning: Callable[[int, int], str | None] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -139,8 +164,15 @@ def check_inputs(net_config: Mapping[str, Any], lq_latent: torch.Tensor, y: torc
     outside the trained range, which is only warned about.
     """
     config = NetConfig.from_dict(net_config)
+    check_dtypes(lq_latent=lq_latent, caption_embedding=y)
+    if isinstance(degrade_sigma, torch.Tensor):
+        check_dtypes(degrade_sigma=degrade_sigma)
+    elif isinstance(degrade_sigma, (bool, complex, str)):
+        raise PiDInputError(f"degrade_sigma must be a number in [0, 1] or a tensor, got {degrade_sigma!r}")
     if lq_latent.dim() != 4:
         raise PiDInputError(f"lq_latent must be [B, C, h, w], got shape {list(lq_latent.shape)}")
+    if lq_latent.numel() == 0:
+        raise PiDInputError(f"lq_latent is empty (shape {list(lq_latent.shape)}): nothing to decode")
     b, c = lq_latent.shape[:2]
     if c != config.lq_latent_channels:
         raise PiDInputError(f"lq_latent has {c} channels but this net takes {config.lq_latent_channels}; "
@@ -152,6 +184,9 @@ def check_inputs(net_config: Mapping[str, Any], lq_latent: torch.Tensor, y: torc
                             f"{config.txt_embed_dim} (Gemma-2-2B hidden size)")
     if y.shape[0] != b:
         raise PiDInputError(f"batch mismatch: lq_latent has batch {b}, caption embedding has {y.shape[0]}")
+    if y.shape[1] == 0:
+        raise PiDInputError("the caption embedding is empty (0 tokens); encode the caption (an empty prompt "
+                            "still gives L tokens) with pid-trt embed")
     for name, tensor in (("lq_latent", lq_latent), ("caption embedding", y)):
         if not torch.isfinite(tensor).all():
             raise PiDInputError(f"{name} contains NaN or Inf values")
@@ -168,6 +203,7 @@ def check_inputs(net_config: Mapping[str, Any], lq_latent: torch.Tensor, y: torc
                             f"{lq_latent.shape[2]} latent × {config.pixels_per_latent} gives {ww}x{hh}")
     if hh % config.patch_size or ww % config.patch_size:
         raise PiDInputError(f"output size {ww}x{hh} is not a multiple of {config.patch_size}")
+    check_aspect(ww, hh)
     if size_warning is not None and (msg := size_warning(ww, hh)):
         warnings.warn(msg, stacklevel=3)
     return sigma, (hh, ww)
@@ -252,7 +288,7 @@ def sample(net, lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma, steps: 
            shift: float | None = None) -> torch.Tensor:
     """The reference decode with the distilled student (default) or an undistilled teacher: [B, 3, H, W] in [-1, 1].
 
-    Inputs are used as given (the runtime, not this function, rounds latent and caption to bf16).
+    Inputs are used as given, in fp32 (the runtime, not this function, rounds latent and caption to bf16).
     `noise` lists the Gaussian tensors in draw order (initial, then each re-noise); otherwise they are drawn
     from `generator` (default: a fresh generator seeded 0 on the latent's device). `precision="bf16"` runs
     the net under bf16 autocast like upstream (the sampler state stays fp32, x0 in fp64).
@@ -268,6 +304,10 @@ def sample(net, lq_latent: torch.Tensor, y: torch.Tensor, degrade_sigma, steps: 
     options = SamplerOptions.resolve(sampler, steps, cfg, shift)
     if options.sampler == "student" and negative_y is not None:
         raise PiDInputError("negative_y applies to sampler='teacher' only")
+    check_dtypes(lq_latent=lq_latent, caption_embedding=y, negative_y=negative_y)
+    # like the runtime, compute in fp32 whatever precision the inputs come in (fp16/bf16 stay exact)
+    lq_latent, y = lq_latent.float(), y.float()
+    negative_y = None if negative_y is None else negative_y.float()
     sigma, (hh, ww) = check_inputs(net.config, lq_latent, y, degrade_sigma, size)
     negative_y = teacher.check_guidance(y, negative_y, options.cfg) if options.sampler == "teacher" else None
     device = lq_latent.device

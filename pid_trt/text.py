@@ -24,8 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from pid_trt.atomic import atomic_write_bytes
+from pid_trt import memory
+from pid_trt.atomic import atomic_write_bytes, check_writable
+from pid_trt.config import cache_root
 from pid_trt.errors import MissingDependencyError, PiDInputError
+from pid_trt.formats import read_json
 
 # The prefix PiD was trained with (configs/pid/*/shared_config.py); joined with "\n" and prepended verbatim.
 CHI_PROMPT: str = "\n".join(
@@ -74,11 +77,8 @@ def encoder_fingerprint(local_dir: str | os.PathLike) -> str:
 
 
 def default_cache_dir() -> pathlib.Path:
-    """`$PID_TRT_CACHE/captions`, else `$XDG_CACHE_HOME/pid-trt/captions`, else `~/.cache/pid-trt/captions`."""
-    if root := os.environ.get("PID_TRT_CACHE"):
-        return pathlib.Path(root) / "captions"
-    xdg = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-    return pathlib.Path(xdg) / "pid-trt" / "captions"
+    """`captions` under pid-trt's user cache (pid_trt.config.cache_root: `$PID_TRT_CACHE`, else XDG, else ~/.cache)."""
+    return cache_root() / "captions"
 
 
 def save_safetensors_atomic(
@@ -93,6 +93,8 @@ class EmbeddingCache:
 
     def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
         self.cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        # refused now, not after the encoder ran: pass another --cache-dir, --no-cache or set PID_TRT_CACHE
+        check_writable(self.cache_dir, "caption embedding cache")
         self.hits = 0
         self.misses = 0
 
@@ -160,11 +162,14 @@ class CaptionEncoder:
                 f"text encoder directory {local_dir} has no config.json; pass a local gemma-2-2b-it directory"
                 " (config, tokenizer and weight files)"
             )
+        config = read_json(local_dir / "config.json", "text encoder config")
+        _check_weight_files(local_dir)
         transformers = _import_transformers()
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(local_dir, local_files_only=True)
-        except (OSError, ValueError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 -- tokenizers raises bare Exceptions for a damaged tokenizer.json
             raise PiDInputError(f"cannot load the tokenizer from {local_dir}: {_one_line(e)}") from None
+        _check_memory(local_dir, config, len(tokenizer.encode(CHI_PROMPT)), max_length, dtype, device)
         return cls(local_dir, tokenizer, max_length, dtype, device)
 
     @property
@@ -187,7 +192,7 @@ class CaptionEncoder:
                     attn_implementation=_register_uncapped_sdpa(transformers),
                     attn_logit_softcapping=None,  # upstream's pinned SDPA path never applied the cap
                 )
-            except (OSError, ValueError, TypeError) as e:
+            except Exception as e:  # noqa: BLE001 -- transformers and safetensors raise many types for bad files
                 raise PiDInputError(f"cannot load the text encoder from {self.local_dir}: {_one_line(e)}") from None
             self._decoder = lm.get_decoder().to(self.device).eval().requires_grad_(False)
         return self._decoder
@@ -278,6 +283,41 @@ def export_text_onnx(encoder: CaptionEncoder, out_dir: str | os.PathLike) -> pat
     return out_dir / "text_encoder.onnx"
 
 
+def _check_memory(local_dir: pathlib.Path, config: object, n_chi: int, text_length: int, dtype: torch.dtype,
+                  device: str | torch.device) -> None:
+    """Refuse, before the encoder is built, a text length whose activations (plus the weights) cannot fit on the
+    device (pid_trt.memory); the message names the largest --max-length that fits."""
+    try:
+        sizes = {k: int(config[k]) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
+    except (KeyError, TypeError, ValueError):
+        return  # an unusual config: loading the encoder says what is wrong
+    size = torch.finfo(dtype).bits // 8
+    budget = memory.available_bytes(device) - sum(p.stat().st_size for p in local_dir.glob("*.safetensors"))
+
+    def need(length: int) -> int:
+        return memory.text_encoder_bytes(sizes, n_chi + length - 2, 1, size)
+
+    if need(text_length) > budget:
+        best = memory.largest(lambda length: need(length) <= budget, text_length)
+        raise PiDInputError(f"a text length of {text_length} needs about {memory.amount(need(text_length))} for the "
+                            f"text encoder on {device}, which has {memory.amount(max(budget, 0))} free after the weights; "
+                            + (f"the largest --max-length that fits is {best}" if best >= 2 else
+                               "free memory or use another device"))
+
+
+def _check_weight_files(local_dir: pathlib.Path) -> None:
+    """Every safetensors weight file of an encoder directory has a readable header (cheap: the data is not read)."""
+    from safetensors import safe_open
+
+    for path in sorted(local_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
+            raise PiDInputError(f"text encoder weights {path} are not a readable safetensors file: "
+                                f"{_one_line(e, 120)}") from None
+
+
 def _check_prompts(prompts: Sequence[str]) -> None:
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise PiDInputError("prompts must be a non-empty list of strings")
@@ -323,6 +363,7 @@ def embed_prompts(prompts: Sequence[str], text_encoder: str | os.PathLike, out: 
     if dtype not in dtypes:
         raise PiDInputError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_writable(out, "--out", directory=False)
     encoder = CaptionEncoder.from_pretrained(text_encoder, max_length=max_length, dtype=dtypes[dtype], device=device)
     if use_cache:
         cache = EmbeddingCache(cache_dir)

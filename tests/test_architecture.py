@@ -88,10 +88,10 @@ def test_no_import_cycles():
 
 # docs/design.md "Layers": a module imports from its own layer or the ones before it
 LAYERS = [
-    ("pid_trt", "pid_trt.config", "pid_trt.errors", "pid_trt.atomic"),
+    ("pid_trt", "pid_trt.config", "pid_trt.errors", "pid_trt.atomic", "pid_trt.formats", "pid_trt.integrity"),
     ("pid_trt.registry",),
     ("pid_trt.model", "pid_trt.checkpoint", "pid_trt.tiny", "pid_trt.latents", "pid_trt.text", "pid_trt.vae",
-     "pid_trt.images"),
+     "pid_trt.images", "pid_trt.memory"),
     ("pid_trt.sampler", "pid_trt.teacher"),
     ("pid_trt.export",),
     ("pid_trt.engines",),

@@ -111,7 +111,8 @@ def test_teacher_fixture_says_what_the_exporter_writes():
 def test_cpp_runtime_refuses_teacher_engines():
     tool = _tool()
     fixture = data_file("sidecar", "pid_tiny_teacher_fixture.json")
-    result = subprocess.run([str(tool), "--print-schedule", str(fixture)], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run([str(tool), "--print-schedule", str(fixture)], capture_output=True, text=True, timeout=60,
+                            check=False)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert "undistilled teacher checkpoint" in result.stderr and "pid-trt decode" in result.stderr

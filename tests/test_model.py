@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import pid_trt
-from pid_trt.errors import ConfigError
 from pid_trt.config import NetConfig
+from pid_trt.errors import ConfigError
 from pid_trt.model import Tables
 from tests.golden import NET_CASES, golden_net, load_tensors
 

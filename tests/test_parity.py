@@ -126,6 +126,7 @@ def test_perturbed_initializer_fails_at_step_1(tiny_onnx, tmp_path):
     w = numpy_helper.to_array(init)
     init.CopyFrom(numpy_helper.from_array((w + 0.05).astype(w.dtype), init.name))
     onnx.save(model, str(bad / "denoise.onnx"))
+    record_graph_sha(bad, "denoise")  # a graph the manifest vouches for, whose weights differ from the reference
     res = invoke("--onnx-dir", str(bad), "--tiny-seed", "0", "--report", str(tmp_path / "r.json"))
     assert res.exit_code == 1, res.output
     assert "step 1 diverged" in res.output
@@ -138,7 +139,19 @@ def test_unloadable_onnx_exits_2(tiny_onnx, tmp_path):
     shutil.copytree(onnx_dir, bad)
     (bad / "denoise.onnx").write_bytes(b"\x00garbage")
     res = invoke("--onnx-dir", str(bad), "--tiny-seed", "0")
-    assert res.exit_code == 2 and "cannot load" in res.output
+    assert res.exit_code == 2 and "changed since it was written" in res.output
+    record_graph_sha(bad, "denoise")  # recorded as it is: still not a model
+    res = invoke("--onnx-dir", str(bad), "--tiny-seed", "0")
+    assert res.exit_code == 2 and "not a readable ONNX model" in res.output and res.output.count("\n") == 1
+
+
+def record_graph_sha(onnx_dir, graph):
+    """Make the manifest record a graph file's current sha256."""
+    from pid_trt.integrity import sha256_file
+
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())
+    manifest["graphs"][graph]["sha256"] = sha256_file(onnx_dir / manifest["graphs"][graph]["file"])
+    (onnx_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_wrong_reference_weights_exit_2(tiny_onnx):

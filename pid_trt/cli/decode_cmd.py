@@ -17,6 +17,7 @@ from pid_trt.cli.options import (
     out_option,
     result,
     sampler_options,
+    source_from,
 )
 
 
@@ -42,8 +43,7 @@ def command(latents: pathlib.Path, caption_embedding: pathlib.Path | None, text_
             baseline_vae: pathlib.Path | None, json_out: str | None, **source) -> None:
     """Decode latents into images with PiD (student or teacher checkpoints)."""
     from pid_trt.errors import PiDInputError
-    from pid_trt.runtime.device import shard
-    from pid_trt.workflows.decode import decode_latents, load_captions
+    from pid_trt.workflows.decode import decode_latents, load_captions, my_share, preflight
     from pid_trt.workflows.inputs import read_latents
     from pid_trt.workflows.sources import check_one_source
 
@@ -55,11 +55,13 @@ def command(latents: pathlib.Path, caption_embedding: pathlib.Path | None, text_
     if caption is None and caption_embedding is None:
         raise PiDInputError("give either --caption-embedding FILE or --caption TEXT (with --text-encoder)")
     samples = read_latents(latents, sigma)
+    mine = my_share(len(samples))
+    info = preflight(samples, mine, batch_size, baseline_vae, **source_from(source))  # before anything large
+    options = info.options(steps, cfg, shift)
+    captions, negative = load_captions([caption] * len(samples), mine, caption_embedding=caption_embedding,
+                                       text_encoder=text_encoder, negative_embedding=negative_embedding,
+                                       teacher=options.sampler == "teacher")
     decoder = open_decoder_from(source)
-    options = decoder.options(steps, cfg, shift)
-    captions, negative = load_captions([caption] * len(samples), shard(len(samples)),
-                                       caption_embedding=caption_embedding, text_encoder=text_encoder,
-                                       negative_embedding=negative_embedding, teacher=options.sampler == "teacher")
     summary, path = decode_latents(decoder, samples, captions, out_dir=out, options=options, seed=seed,
                                    negative=negative, batch_size=batch_size, fmt=fmt, baseline_vae=baseline_vae)
     result(f"wrote {len(summary['images'])} image(s) to {out / summary['tag']} and {path}", json_out)

@@ -8,7 +8,7 @@ import click
 from pid_trt.cli.options import command, emit_json, json_option, result
 from pid_trt.config import DEFAULT_ENGINE_DIR
 
-_COLUMNS = ("name", "backbone/ckpt", "precision", "profiles", "TRT", "SM", "size", "status")
+_COLUMNS = ("name", "backbone/ckpt", "precision", "weights", "profiles", "TRT", "SM", "size", "status")
 
 
 @command("engines")
@@ -16,7 +16,7 @@ _COLUMNS = ("name", "backbone/ckpt", "precision", "profiles", "TRT", "SM", "size
                 type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path))
 @json_option("The rows as JSON on stdout, or written to FILE.")
 def command(engine_dir: pathlib.Path, json_out: str | None) -> None:
-    """List TensorRT engines (default directory: ./engines): profiles, TensorRT version, GPU, size, status.
+    """List TensorRT engines (default directory: ./engines): weights, profiles, TensorRT version, GPU, size, status.
 
     An engine file without its sidecar is an unfinished (interrupted or running) build. Where TensorRT and a GPU
     are available, engines built for another TensorRT version or GPU are marked unusable, with the reason.

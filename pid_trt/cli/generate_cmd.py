@@ -19,6 +19,7 @@ from pid_trt.cli.options import (
     result,
     sampler_options,
     size_option,
+    source_from,
 )
 
 
@@ -49,11 +50,12 @@ def command(model_dir, prompt, prompt_file, size, ldm_steps, guidance_scale, sav
     """Text → diffusers LDM → PiD, beside the pipeline's own VAE decode (upstream's from_ldm)."""
     import torch
 
+    from pid_trt.atomic import check_writable
     from pid_trt.errors import PiDInputError
-    from pid_trt.runtime.device import shard
-    from pid_trt.workflows.decode import load_captions, output_tag, write_summary
-    from pid_trt.workflows.generate import generate, ldm_settings, ldm_size, load_pipeline
+    from pid_trt.workflows.decode import load_captions, my_share, output_tag, weights_summary, write_summary
+    from pid_trt.workflows.generate import check_pipeline_dir, generate, ldm_settings, ldm_size, load_pipeline
     from pid_trt.workflows.inputs import read_prompt_file
+    from pid_trt.workflows.sources import describe_source
 
     if (prompt is None) == (prompt_file is None):
         raise PiDInputError("give either --prompt TEXT or --prompt-file FILE")
@@ -63,18 +65,22 @@ def command(model_dir, prompt, prompt_file, size, ldm_steps, guidance_scale, sav
         raise PiDInputError(f"model directory {model_dir} does not exist; pass a local diffusers pipeline folder")
     prompts = [prompt] if prompt is not None else read_prompt_file(prompt_file)
     backbone = source["backbone"]
-    decoder = open_decoder_from(source)
-    options = decoder.options(steps, cfg, shift)
     # fail before loading anything large
+    out = out or pathlib.Path("results/official_demo") / backbone
+    check_writable(out)
+    check_pipeline_dir(model_dir, backbone)
+    indices = my_share(len(prompts), "prompt")
+    info = describe_source(**source_from(source))
+    options = info.options(steps, cfg, shift)
     ldm_steps, guidance_scale = ldm_settings(backbone, ldm_steps, guidance_scale, save_xt_steps)
-    ldm_size(backbone, size, decoder.net_config.sr_scale)
-    indices = shard(len(prompts))
+    ldm_size(backbone, size, info.net_config.sr_scale)
+    info.check_request([size])
     captions, negative = load_captions(prompts, indices, caption_embedding=caption_embedding,
                                        text_encoder=text_encoder, negative_embedding=negative_embedding,
                                        teacher=options.sampler == "teacher")
+    decoder = open_decoder_from(source)
     pipe = load_pipeline(model_dir, backbone, decoder.backend.device,
                          {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype))
-    out = out or pathlib.Path("results/official_demo") / backbone
     records = generate(pipe, decoder, prompts, captions, backbone=backbone, out_dir=out, resolution=size,
                        ldm_steps=ldm_steps, guidance_scale=guidance_scale, save_xt_steps=sorted(set(save_xt_steps)),
                        seed=seed, indices=indices, fmt=fmt, options=options, negative_embedding=negative,
@@ -82,7 +88,8 @@ def command(model_dir, prompt, prompt_file, size, ldm_steps, guidance_scale, sav
     tag = output_tag(decoder, options, backbone)
     summary = {"backbone": backbone, "model_dir": str(model_dir), "pipeline": type(pipe).__name__,
                "backend": decoder.backend.name, "device": str(decoder.backend.device),
-               "ckpt": getattr(decoder.entry, "ckpt", None), "sampler": options.sampler, "pid_steps": options.steps,
+               "ckpt": getattr(decoder.entry, "ckpt", None), "weights": weights_summary(decoder),
+               "sampler": options.sampler, "pid_steps": options.steps,
                "cfg": options.cfg, "tag": tag, "resolution_wxh": list(size), "seed": seed, "prompts": records}
     path = write_summary(out, summary)
     result(f"wrote {len(records)} prompt(s) to {out / tag} and {path}", json_out)

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import math
+import os
 import pathlib
 import sys
 from collections.abc import Callable
@@ -51,6 +52,11 @@ def configure_logging(verbosity: int = 0) -> None:
     root.setLevel(logging.INFO if verbosity > 0 else logging.ERROR)
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
     logging.getLogger("pid_trt").setLevel(level)
+    # diffusers and transformers print through handlers of their own, set up from these variables when they are
+    # first imported: their chatter must not come before (or instead of) our one error line
+    for variable in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
+        if os.environ.get(variable) in (None, "error", "info"):
+            os.environ[variable] = "info" if verbosity > 0 else "error"
 
 
 def _set_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -105,11 +111,22 @@ def size_option(*aliases: str, multiple: bool = False, default: str | None = Non
                         default=default, show_default=default is not None, metavar="WxH", help=help)
 
 
+def _writable(directory: bool) -> Callable:
+    """A click callback refusing, before any work, an output location that cannot be written."""
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and value != "-" and not ctx.resilient_parsing:
+            from pid_trt.atomic import check_writable
+
+            check_writable(value, param.opts[0], directory=directory)
+        return value
+    return check
+
+
 def out_option(default: pathlib.Path | None = None, help: str = "Output directory.", file: bool = False,
                aliases: tuple[str, ...] = ()) -> Callable:
-    """`--out PATH` (alias `-o`), where a command writes its results."""
+    """`--out PATH` (alias `-o`), where a command writes its results; checked to be writable before any work."""
     return click.option("--out", "-o", *aliases, "out", type=FILE if file else PATH, default=default,
-                        show_default=default is not None, help=help)
+                        show_default=default is not None, help=help, callback=_writable(directory=not file))
 
 
 # -- machine-readable output ---------------------------------------------------------------------------------
@@ -118,7 +135,7 @@ def json_option(help: str = "Machine-readable output: JSON on stdout, or written
                 aliases: tuple[str, ...] = ()) -> Callable:
     """`--json` prints JSON to stdout; `--json FILE` writes it to FILE instead."""
     return click.option("--json", *aliases, "json_out", is_flag=False, flag_value="-", default=None,
-                        metavar="[FILE]", help=help)
+                        metavar="[FILE]", help=help, callback=_writable(directory=False))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -188,7 +205,9 @@ def decoder_options(fn: Callable) -> Callable:
         net_options,
         click.option("--engine-dir", type=DIR, help="TensorRT engines (pid-trt build)."),
         click.option("--onnx-dir", type=DIR, help="ONNX export (pid-trt export)."),
-        click.option("--checkpoint", type=FILE, help="model_ema_bf16.pth or .safetensors (torch backend)."),
+        click.option("--checkpoint", type=FILE,
+                     help="model_ema_bf16.pth or .safetensors (torch backend); with --engine-dir/--onnx-dir, the "
+                          "weights they must have been made from (others are refused)."),
         click.option("--tiny", is_flag=True, hidden=True, help="A tiny seeded random PiD net (tests, dry runs)."),
         click.option("--backend", type=click.Choice(BACKENDS), default=None,
                      help="Backend [default: what the source implies]."),
@@ -197,6 +216,12 @@ def decoder_options(fn: Callable) -> Callable:
                      help="torch backend: bf16 mirrors upstream's autocast."),
         click.option("--no-cuda-graph", is_flag=True, help="Run eagerly instead of replaying CUDA graphs."),
     ])(fn)
+
+
+def source_from(opts: dict[str, Any]) -> dict[str, Any]:
+    """The source part of `decoder_options` (for workflows.sources.describe_source and the preflights)."""
+    return {k: opts[k] for k in ("engine_dir", "onnx_dir", "checkpoint", "tiny", "backbone", "ckpt", "device",
+                                 "precision")}
 
 
 def open_decoder_from(opts: dict[str, Any]):

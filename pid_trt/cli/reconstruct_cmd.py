@@ -18,6 +18,7 @@ from pid_trt.cli.options import (
     out_option,
     result,
     sampler_options,
+    source_from,
 )
 
 
@@ -39,11 +40,19 @@ from pid_trt.cli.options import (
 def command(vae_dir, image, manifest, caption, sigmas, seed, caption_embedding, text_encoder, steps, cfg, shift,
             negative_embedding, fmt, out, json_out, **source) -> None:
     """Image → VAE → PiD (upstream's from_clean), scored against the input."""
+    from pid_trt.atomic import check_writable
     from pid_trt.errors import PiDInputError
-    from pid_trt.runtime.device import shard
-    from pid_trt.vae import load_vae
-    from pid_trt.workflows.decode import load_captions, output_tag, write_summary
-    from pid_trt.workflows.reconstruct import Sample, check_sigmas, mean_metrics, read_manifest, reconstruct
+    from pid_trt.vae import check_vae_dir, load_vae
+    from pid_trt.workflows.decode import load_captions, my_share, output_tag, weights_summary, write_summary
+    from pid_trt.workflows.reconstruct import (
+        Sample,
+        check_sigmas,
+        input_size,
+        mean_metrics,
+        read_manifest,
+        reconstruct,
+    )
+    from pid_trt.workflows.sources import describe_source
 
     if (image is None) == (manifest is None):
         raise PiDInputError("give either --image FILE or --manifest FILE.jsonl")
@@ -54,14 +63,20 @@ def command(vae_dir, image, manifest, caption, sigmas, seed, caption_embedding, 
     backbone = source["backbone"]
     sigmas = check_sigmas(sigmas or (0.0,))
     samples = [Sample(image.stem, image, caption)] if image is not None else read_manifest(manifest, caption)
-    decoder = open_decoder_from(source)
-    options = decoder.options(steps, cfg, shift)
-    indices = shard(len(samples))
+    # fail before loading anything large
+    out = out or pathlib.Path("results/official_demo_from_clean") / backbone
+    check_writable(out)
+    check_vae_dir(vae_dir)
+    indices = my_share(len(samples))
+    info = describe_source(**source_from(source))
+    options = info.options(steps, cfg, shift)
+    sr = info.net_config.sr_scale
+    info.check_request([(w * sr, h * sr) for w, h in (input_size(samples[i].path) for i in indices)])
     captions, negative = load_captions([s.caption for s in samples], indices, caption_embedding=caption_embedding,
                                        text_encoder=text_encoder, negative_embedding=negative_embedding,
                                        teacher=options.sampler == "teacher")
+    decoder = open_decoder_from(source)
     vae = load_vae(vae_dir, device=decoder.backend.device)
-    out = out or pathlib.Path("results/official_demo_from_clean") / backbone
     records = reconstruct(vae, decoder, samples, captions, backbone=backbone, out_dir=out, sigmas=sigmas, seed=seed,
                           indices=indices, fmt=fmt, options=options, negative_embedding=negative)
     means = mean_metrics(records)
@@ -69,6 +84,7 @@ def command(vae_dir, image, manifest, caption, sigmas, seed, caption_embedding, 
     summary = {"backbone": backbone, "manifest": str(manifest) if manifest else None, "vae": str(vae_dir),
                "backend": decoder.backend.name,
                "device": str(decoder.backend.device), "ckpt": getattr(decoder.entry, "ckpt", None),
+               "weights": weights_summary(decoder),
                "sampler": options.sampler, "pid_steps": options.steps, "cfg": options.cfg, "tag": tag, "seed": seed,
                "metric_notes": "PiD output area-downsampled to the input size; PSNR/SSIM on [0, 1] RGB; latent "
                                "MSE/cosine of the re-encoded decode against the clean input latent",

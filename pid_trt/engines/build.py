@@ -7,14 +7,14 @@ from typing import Any
 
 from filelock import FileLock
 
-from pid_trt.atomic import atomic_write_bytes
+from pid_trt.atomic import atomic_write_bytes, check_writable
 from pid_trt.config import VERSION, NetConfig
 from pid_trt.engines import trt
 from pid_trt.engines.detect import GpuInfo, gpu_info, tensorrt_version
-from pid_trt.engines.plan import BuildPlan
+from pid_trt.engines.plan import BuildPlan, check_memory
 from pid_trt.engines.profiles import input_shapes
 from pid_trt.engines.store import FORMAT, FORMAT_VERSION, GRAPHS, EngineStore, find_engine, gpu_model_note
-from pid_trt.export.manifest import read_manifest
+from pid_trt.export.manifest import fp8_id, is_random, read_manifest, weights_id
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,14 @@ def run_build(plan: BuildPlan, *, force: bool = False, progress: bool = True) ->
     """
     trt_version = tensorrt_version()  # first: fail in a second, not after a long export
     gpu = gpu_info()
+    check_writable(plan.engine_dir, "--engine-dir")
+    check_memory(plan, gpu)
+    if is_random(plan.weights):
+        log.warning("building engines from RANDOM weights (engine names say so): fine for engine and speed work, "
+                    "the images are noise")
     if plan.manifest is None:
         _export(plan)
-    manifest = plan.manifest
+    manifest = read_manifest(plan.onnx_dir, graphs=GRAPHS, verify=True)  # TensorRT parses exactly these files
     name = plan.name(trt_version, gpu)
     store = EngineStore(plan.engine_dir)
     with store.lock(name):
@@ -67,7 +72,7 @@ def _export(plan: BuildPlan) -> None:
             from pid_trt.export import export_onnx
 
             plan.onnx_dir = pathlib.Path(export_onnx(plan.onnx_dir, backbone=plan.entry.backbone, ckpt=plan.entry.ckpt,
-                                                     checkpoint=None, precision=plan.precision,
+                                                     checkpoint=plan.checkpoint, precision=plan.precision,
                                                      net_config=plan.export_net_config))
     plan.manifest = read_manifest(plan.onnx_dir, graphs=GRAPHS)
     plan.net_config = NetConfig.from_dict(plan.manifest["net_config"])
@@ -98,6 +103,7 @@ def make_sidecar(plan: BuildPlan, manifest: dict[str, Any], trt_version: str, gp
         "profile_hash": plan.profile_hash,
         "weights_sha256": manifest["weights"]["sha256"],
         "fp8": fp8_identity(manifest),
+        "weights": manifest["weights"], "weights_id": weights_id(manifest["weights"]), "fp8_id": fp8_id(manifest),
         "tensorrt_version": trt_version,
         "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
         "build_flags": {"strongly_typed": True, "opt_level": plan.opt_level, "workspace_bytes": plan.workspace_bytes,

@@ -65,6 +65,7 @@ def tensorrt_version() -> str:
 class GpuInfo:
     name: str
     compute_capability: str  # "9.0"
+    total_memory: int | None = None  # bytes; None where unknown
 
 
 def gpu_info(index: int | None = None) -> GpuInfo:
@@ -76,7 +77,8 @@ def gpu_info(index: int | None = None) -> GpuInfo:
                                "that will run them (check the driver, CUDA_VISIBLE_DEVICES and a CUDA PyTorch)")
     index = torch.cuda.current_device() if index is None else index
     major, minor = torch.cuda.get_device_capability(index)
-    return GpuInfo(torch.cuda.get_device_name(index), f"{major}.{minor}")
+    return GpuInfo(torch.cuda.get_device_name(index), f"{major}.{minor}",
+                   torch.cuda.get_device_properties(index).total_memory)
 
 
 def detect_local(index: int | None = None) -> tuple[str | None, GpuInfo | None]:

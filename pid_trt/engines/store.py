@@ -6,9 +6,9 @@ Writers of one engine name serialise on `<name>.lock`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
-import json
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -17,13 +17,17 @@ from filelock import FileLock
 
 from pid_trt.atomic import atomic_write_bytes, atomic_write_json
 from pid_trt.engines.profiles import Profile
-from pid_trt.errors import ConfigError
+from pid_trt.errors import ConfigError, PiDError
+from pid_trt.export.manifest import weights_id
+from pid_trt.formats import read_json, validate
+from pid_trt.integrity import contained, verify_file
 from pid_trt.registry import resolve
 
 FORMAT = "pid-trt-engine"
 FORMAT_VERSION = 1
 GRAPHS = ("cond", "denoise")
-UNKNOWN = "<unknown>"  # TensorRT version / SM in dry-run names, where neither is known
+UNKNOWN = "<unknown>"  # TensorRT version / SM / weights / fp8 identity in dry-run names, where not known yet
+REBUILD = "rebuild with pid-trt build"
 
 
 def canonical_names(backbone: str, ckpt: str) -> tuple[str, str]:
@@ -34,10 +38,29 @@ def canonical_names(backbone: str, ckpt: str) -> tuple[str, str]:
 
 
 def engine_name(backbone: str, ckpt: str, precision: str, profile_hash: str,
-                trt_version: str | None, compute_capability: str | None) -> str:
-    """`pid_<backbone>_<ckpt>_<precision>_p<hash8>_trt<version>_sm<major><minor>` (docs/formats.md)."""
+                trt_version: str | None, compute_capability: str | None, *, weights: str | None,
+                fp8: str | None = None) -> str:
+    """`pid_<backbone>_<ckpt>_<precision>_w<weights>[_q<fp8>]_p<hash8>_trt<version>_sm<major><minor>`
+    (docs/formats.md): `weights` is the weights identity (export.manifest.weights_id; RANDOM for random
+    weights), `fp8` the FP8 quantization identity (fp8 engines only); None where not known yet (dry runs)."""
     sm = compute_capability.replace(".", "") if compute_capability else UNKNOWN
-    return f"pid_{backbone}_{ckpt}_{precision}_p{profile_hash}_trt{trt_version or UNKNOWN}_sm{sm}"
+    quant = f"_q{fp8 or UNKNOWN}" if precision == "fp8" else ""
+    return (f"pid_{backbone}_{ckpt}_{precision}_w{weights or UNKNOWN}{quant}_p{profile_hash}"
+            f"_trt{trt_version or UNKNOWN}_sm{sm}")
+
+
+def sidecar_weights_id(sidecar: Mapping[str, Any]) -> str | None:
+    """The weights identity a sidecar records (None for sidecars written before pid-trt recorded one)."""
+    if sidecar.get("weights_id"):
+        return sidecar["weights_id"]
+    return weights_id(sidecar["weights"]) if sidecar.get("weights") else None
+
+
+def verify_engine_files(root: str | pathlib.Path, sidecar: Mapping[str, Any]) -> dict[str, pathlib.Path]:
+    """The engine files a sidecar names, each checked to lie inside `root` and to have its recorded sha256."""
+    return {graph: verify_file(root, spec["file"], spec["sha256"], f"{graph} engine",
+                               f"the file changed since the build; {REBUILD}")
+            for graph, spec in sidecar["engines"].items()}
 
 
 def sha256_of(blob: Any) -> str:
@@ -150,34 +173,41 @@ class EngineStore:
         return self.sidecar_path(name)
 
     def read_sidecar(self, name: str) -> dict[str, Any]:
-        path = self.sidecar_path(name)
+        """The sidecar of engine `name`, validated against its JSON Schema (one PiDInputError line otherwise)."""
+        return read_json(self.sidecar_path(name), "engine sidecar", "sidecar", REBUILD)
+
+    def _item(self, path: pathlib.Path) -> StoredEngine | None:
+        """The engine a *.json file describes (with its problems), or None when the file is no engine sidecar."""
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read engine sidecar {path}: {e}") from None
+            sidecar = read_json(path, "engine sidecar")
+        except PiDError as e:
+            return StoredEngine(path.stem, None, [f"unreadable sidecar: {e}"]) if path.stem.startswith("pid_") else None
+        if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+            return None
+        try:
+            validate(sidecar, "sidecar", f"engine sidecar {path}", REBUILD)
+        except PiDError as e:
+            return StoredEngine(path.stem, None, [f"malformed sidecar: {e}"])
+        item = StoredEngine(path.stem, sidecar)
+        for graph, spec in sidecar["engines"].items():
+            try:
+                if not contained(self.root, spec["file"], f"sidecar engines.{graph}.file").exists():
+                    item.problems.append(f"missing {spec['file']}")
+            except PiDError as e:
+                item.problems.append(str(e))
+        return item
 
     def scan(self) -> list[StoredEngine]:
-        """Every engine name in the directory, with the problems of its files (unfinished, missing, unreadable)."""
+        """Every engine name in the directory, with the problems of its files (unfinished, missing, unreadable,
+        malformed). Never raises for what it finds: a bad sidecar is an engine with a problem."""
         if not self.root.is_dir():
             return []
-        found: dict[str, StoredEngine] = {}
-        for path in sorted(self.root.glob("*.json")):
-            try:
-                sidecar = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                if path.stem.startswith("pid_"):
-                    found[path.stem] = StoredEngine(path.stem, None, [f"unreadable sidecar: {e}"])
-                continue
-            if isinstance(sidecar, dict) and sidecar.get("format") == FORMAT:
-                found[path.stem] = StoredEngine(path.stem, sidecar)
+        found = {item.name: item for item in map(self._item, sorted(self.root.glob("*.json"))) if item is not None}
         for path in sorted(self.root.glob("*.engine")):
             name = path.name.rsplit(".", 2)[0]
             found.setdefault(name, StoredEngine(name, None, ["unfinished: engine file without sidecar"]))
-            found[name].size_bytes += path.stat().st_size
-        for item in found.values():
-            if item.sidecar is not None:
-                item.problems += [f"missing {spec['file']}" for spec in item.sidecar.get("engines", {}).values()
-                                  if not (self.root / spec["file"]).exists()]
+            with contextlib.suppress(OSError):  # a dangling link has no size
+                found[name].size_bytes += path.stat().st_size
         return sorted(found.values(), key=lambda e: e.name)
 
 
@@ -213,9 +243,9 @@ class EngineLookup:
 def find_engine(engine_dir: str | pathlib.Path, backbone: str, ckpt: str, precision: str, *,
                 trt_version: str | None, compute_capability: str | None,
                 onnx_manifest: dict[str, Any] | None = None, width: int | None = None, height: int | None = None,
-                batch: int | None = None, name: str | None = None) -> EngineLookup:
+                batch: int | None = None, name: str | None = None, weights: str | None = None) -> EngineLookup:
     """Find a usable engine for (backbone, ckpt, precision), or for one engine `name`; every candidate that
-    cannot be used is listed with its reasons.
+    cannot be used is listed with its reasons. `weights`: only engines of this weights identity.
 
     Among usable engines, one with a static profile of exactly width×height wins (static-shape kernels).
     """
@@ -230,6 +260,8 @@ def find_engine(engine_dir: str | pathlib.Path, backbone: str, ckpt: str, precis
         if item.sidecar is not None:
             reasons += check_compatible(item.sidecar, trt_version=trt_version, compute_capability=compute_capability,
                                         onnx_manifest=onnx_manifest, width=width, height=height, batch=batch)
+            if weights is not None and sidecar_weights_id(item.sidecar) != weights:
+                reasons.append(f"built from weights {sidecar_weights_id(item.sidecar) or 'unknown'}, not {weights}")
         if reasons:
             rejected[item.name] = reasons
         else:
@@ -248,8 +280,8 @@ def find_engine(engine_dir: str | pathlib.Path, backbone: str, ckpt: str, precis
 
 
 def list_engines(engine_dir: str | pathlib.Path) -> list[tuple]:
-    """One row per engine name in `engine_dir`: name, backbone/ckpt, precision, profiles, TensorRT version, SM,
-    size on disk, and "ok" or why it cannot be used on this machine."""
+    """One row per engine name in `engine_dir`: name, backbone/ckpt, precision, weights (RANDOM, or the weights
+    identity), profiles, TensorRT version, SM, size on disk, and "ok" or why it cannot be used on this machine."""
     from pid_trt.engines.detect import detect_local
 
     trt_version, gpu = detect_local()
@@ -258,7 +290,7 @@ def list_engines(engine_dir: str | pathlib.Path) -> list[tuple]:
     for item in EngineStore(engine_dir).scan():
         s, size = item.sidecar, f"{item.size_bytes / 2**30:.2f} GiB"
         if s is None:
-            rows.append((item.name, "-", "-", "-", "-", "-", size, item.status))
+            rows.append((item.name, "-", "-", "-", "-", "-", "-", size, item.status))
             continue
         try:
             reasons = item.problems + check_compatible(s, trt_version=trt_version, compute_capability=capability)
@@ -267,8 +299,8 @@ def list_engines(engine_dir: str | pathlib.Path) -> list[tuple]:
             status = "; ".join(reasons) if reasons else "ok"
             if not reasons and gpu_model_note(s, gpu.name if gpu else None):
                 status = f"ok (tuned on {s['gpu']['name']}, not this {gpu.name}: --force a rebuild for its speed)"
-            rows.append((item.name, f"{s['backbone']}/{s['ckpt']}", s["precision"], profiles, s["tensorrt_version"],
-                         s["gpu"]["compute_capability"], size, status))
+            rows.append((item.name, f"{s['backbone']}/{s['ckpt']}", s["precision"], sidecar_weights_id(s) or "unknown",
+                         profiles, s["tensorrt_version"], s["gpu"]["compute_capability"], size, status))
         except (KeyError, TypeError) as e:
-            rows.append((item.name, "-", "-", "-", "-", "-", size, f"malformed sidecar (no {e})"))
+            rows.append((item.name, "-", "-", "-", "-", "-", "-", size, f"malformed sidecar (no {e})"))
     return rows

@@ -68,6 +68,13 @@ def fp8_linear_names(net: PiDNet) -> list[str]:
             + [f"pixel_blocks.{i}.{n}" for i in range(len(net.pixel_blocks)) for n in PIXEL_LINEARS])
 
 
+def fp8_params(net_config: Mapping[str, Any]) -> int:
+    """Parameters of the Linear layers an fp8 export quantizes (counted on the meta device: no memory)."""
+    with torch.device("meta"):
+        net = PiDNet(net_config)
+    return sum(net.get_submodule(name).weight.numel() for name in fp8_linear_names(net))
+
+
 def default_calibration(net: PiDNet, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """Decode inputs for calibration: per latent grid, one N(0, 1) latent at σ ∈ {0, 0.3, 0.6} in the flow form
     (1−σ)·z + σ·ε (a batch of 3), a random caption embedding, all rounded to bf16 like the runtime's inputs.
@@ -125,7 +132,8 @@ class _Recorder:
             entry = self.stats.attention[self._call]
             self._call += 1
             # the export scales q before the first MatMul (export.graphs.export_attention): that is what gets FP8
-            amax = {"q": q.abs().max().item() * q.shape[-1] ** -0.5, "k": k.abs().max().item(), "v": v.abs().max().item()}
+            amax = {"q": q.abs().max().item() * q.shape[-1] ** -0.5, "k": k.abs().max().item(),
+                    "v": v.abs().max().item()}
             for key, value in amax.items():
                 entry[key] = max(entry[key], value)
             return attention(q, k, v)

@@ -34,12 +34,12 @@ def _describe(path: pathlib.Path) -> dict[str, Any]:
 def inspect_onnx(path: str | pathlib.Path) -> dict[str, Any]:
     path = pathlib.Path(path)
     if path.is_dir():
-        from pid_trt.export import read_manifest
+        from pid_trt.export.manifest import describe_weights, read_manifest, weights_id
 
         manifest = read_manifest(path)
         return {"directory": str(path), "backbone": manifest["backbone"], "ckpt": manifest["ckpt"],
                 "net_definition": manifest["net_definition"], "precision": manifest["precision"],
-                "weights": json.dumps(manifest["weights"]),
+                "weights": describe_weights(manifest["weights"]), "weights_id": weights_id(manifest["weights"]),
                 "graphs": [f"{n}: {_describe(path / g['file'])['nodes']} nodes" for n, g in manifest["graphs"].items()]}
     if not path.is_file():
         raise PiDInputError(f"{path} does not exist")

@@ -6,12 +6,11 @@ checkpoint's sampler (the student's t-lists, or the teacher's time grid and guid
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import pathlib
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,13 +18,14 @@ from typing import Any
 
 import torch
 
-from pid_trt.atomic import atomic_write_json, umask
-from pid_trt.checkpoint import sha256_file, weights_digest
+from pid_trt.atomic import atomic_directory, atomic_write_json, check_directory_target
+from pid_trt.checkpoint import weights_digest
 from pid_trt.config import EXPORT_PRECISIONS, VERSION, match_net_definition
 from pid_trt.errors import PiDInputError
 from pid_trt.export.fp8 import BASE_PRECISIONS, DEFAULT_BASE, Calibration, calibrate, check_keep_high, quantize_fp8
 from pid_trt.export.graphs import CondGraph, DenoiseGraph, SingleGraph, export_view, feature_names, precision_policy
-from pid_trt.export.manifest import FORMAT, FORMAT_VERSION, sampler_block
+from pid_trt.export.manifest import FORMAT, FORMAT_VERSION, is_random, sampler_block, weights_id
+from pid_trt.integrity import file_sha256, sha256_file
 from pid_trt.model import PiDNet
 from pid_trt.registry import resolve
 
@@ -112,6 +112,19 @@ def _tag_modules(model, modules: dict[str, str]) -> None:
             node.metadata_props.append(onnx.StringStringEntryProto(key=MODULE_KEY, value=modules[node.name]))
 
 
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """The exporter's own log lines (e.g. optional torchvision ops it skips) only with -v."""
+    target = logging.getLogger(logger)
+    saved = target.level
+    if not log.isEnabledFor(logging.DEBUG):
+        target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(saved)
+
+
 def _export_graph(module: torch.nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic_shapes,
                   path: pathlib.Path, meta: dict[str, str]) -> dict[str, Any]:
     """torch.export → ONNX (dynamo, opset 20) → onnxslim → metadata (graph and per-node module) → save.
@@ -122,17 +135,10 @@ def _export_graph(module: torch.nn.Module, args: tuple, names: tuple[list[str], 
     import onnx
     import onnxslim
 
-    # torch's ONNX op registry logs once per export that torchvision's detection ops are missing: not PiD's concern
-    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    saved_level = registry_log.level
-    registry_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=names[0],
-                                     output_names=names[1], dynamic_shapes=dynamic_shapes, verbose=False)
-    finally:
-        registry_log.setLevel(saved_level)
+    with warnings.catch_warnings(), _quiet("torch.onnx"):
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=names[0],
+                                 output_names=names[1], dynamic_shapes=dynamic_shapes, verbose=False)
     prog.save(str(path), external_data=True)  # writes <file> + <file>.data
     del prog
     data = path.with_name(path.name + ".data")
@@ -162,20 +168,21 @@ def build_net(*, backbone: str | None = None, ckpt: str | None = None, net_confi
             raise PiDInputError("give --backbone and --ckpt, or --net-config")
         entry = resolve(backbone, ckpt or "2k")
         net_config = entry.net.config
+    weights: dict[str, Any] = {"source": "random"}
     if checkpoint is not None:
         from pid_trt.checkpoint import load_net
 
         net = load_net(checkpoint, net_config)
-        source = str(checkpoint)
+        path = pathlib.Path(checkpoint).resolve()  # absolute: parity finds it from any directory
+        weights = {"source": str(path), "checkpoint": {"path": str(path), "sha256": file_sha256(path)}}
     else:
         torch.manual_seed(seed)
         net = PiDNet.from_config(net_config).eval()
         for name, p in net.named_parameters():  # upstream zero-inits the heads; keep the graph's outputs live
             if name.startswith(("final_layer.linear", "lq_proj.output_heads", "lq_proj.pit_head")):
                 torch.nn.init.normal_(p, std=0.02)
-        source = "random"
     info = {"backbone": entry.backbone if entry else None, "ckpt": entry.ckpt if entry else None,
-            "net_definition": match_net_definition(net.config), "weights_source": source, "note": entry.note if entry else ""}
+            "net_definition": match_net_definition(net.config), "weights": weights, "note": entry.note if entry else ""}
     return net, info
 
 
@@ -196,18 +203,19 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
     if keep_high and precision != "fp8":
         raise PiDInputError(f"--keep-high applies to --precision fp8 only (got {precision})")
     out = pathlib.Path(out_dir)
+    check_directory_target(out, "export directory")  # before loading weights
     owned = net is None
     if owned:
         net, info = build_net(backbone=backbone, ckpt=ckpt, net_config=net_config, checkpoint=checkpoint)
     else:
         info = {"backbone": backbone, "ckpt": ckpt, "net_definition": match_net_definition(net.config),
-                "weights_source": "in-memory", "note": ""}
+                "weights": {"source": "in-memory"}, "note": ""}
     if keep_high:  # names checked before the long export, not after it
         check_keep_high(net, keep_high)
-    if info["weights_source"] == "random":
+    if is_random(info["weights"]):
         log.warning("no --checkpoint given: exporting RANDOM weights of the official shape "
                     "(fine for engine and performance work, useless for images)")
-    digest = weights_digest(net)
+    weights = {**info["weights"], "sha256": weights_digest(net)}
     base = fp8_base if precision == "fp8" else precision
     if precision == "fp8":
         if fp8_base not in BASE_PRECISIONS:
@@ -216,14 +224,12 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
         fp8_stats = calibrate(net, calibration)  # the fp32 net, before the export view changes it
     # the export view swaps tables and, for fp16/bf16, casts weights: never on the caller's net
     export_net = export_view(net if owned else copy.deepcopy(net)).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     t0 = time.perf_counter()
-    try:
+    with atomic_directory(out) as tmp:
         sampler = sampler_block(resolve(info["backbone"], info["ckpt"] or "2k") if info["backbone"] else None)
         meta = {"pid_trt_version": VERSION, "backbone": str(info["backbone"]), "ckpt": str(info["ckpt"]),
-                "net_definition": str(info["net_definition"]), "weights_sha256": digest, "precision": precision,
-                "sampler": json.dumps(sampler)}
+                "net_definition": str(info["net_definition"]), "weights_sha256": weights["sha256"],
+                "weights": weights_id(weights), "precision": precision, "sampler": json.dumps(sampler)}
         if sampler["kind"] == "distilled":
             meta |= {"t_list": json.dumps(sampler["t_lists"]["4"]), "t_lists": json.dumps(sampler["t_lists"])}
         io = graph_io(net)
@@ -255,12 +261,14 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
                                                        keep_high)
         for g in graphs.values():
             g["sha256"] = sha256_file(tmp / g["file"])
+            if g["external_data"]:
+                g["external_data_sha256"] = sha256_file(tmp / g["external_data"])
         config = net.config
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "pid_trt_version": VERSION,
             "backbone": info["backbone"], "ckpt": info["ckpt"], "net_definition": info["net_definition"],
             "net_config": config.to_dict(), "precision": precision,
-            "weights": {"source": info["weights_source"], "sha256": digest},
+            "weights": weights,
             "latent": {"channels": config.lq_latent_channels, "down_factor": config.latent_spatial_down_factor,
                        "sr_scale": config.sr_scale},
             "text": {"max_length": config.txt_max_length, "embed_dim": config.txt_embed_dim},
@@ -268,11 +276,4 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
             "opset": OPSET, "graphs": graphs, "export_seconds": round(time.perf_counter() - t0, 1),
         }
         atomic_write_json(tmp / "manifest.json", manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.chmod(0o777 & ~umask())  # mkdtemp makes 0700
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -5,9 +5,10 @@ loop lives in pid_trt.sampler, not here. The TensorRT backend is pid_trt.runtime
 """
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,11 +20,15 @@ from pid_trt.model import PiDNet
 from pid_trt.runtime.device import resolve_device
 from pid_trt.sampler import autocast
 
+log = logging.getLogger(__name__)
+
 
 class Backend(Protocol):
     name: str
     device: torch.device
     net_config: NetConfig
+    precision: str  # what it computes in: fp32, bf16 (torch autocast or the export's), fp16, fp8
+    weights: dict[str, Any]  # where its weights came from (a manifest's weights block)
     graph_safe: bool  # can the decode be captured in a CUDA graph?
 
     def cond(self, lq_latent: torch.Tensor, height: int, width: int) -> list[torch.Tensor]: ...
@@ -38,11 +43,12 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, net: PiDNet, device: str | torch.device | None = None, precision: str = "fp32",
-                 compile: bool = False):
+                 compile: bool = False, weights: dict[str, Any] | None = None):
         self.device = resolve_device(None if device is None else str(device))
         self.net = net.to(self.device).eval()
         self.net_config = net.config
         self.precision = precision
+        self.weights = dict(weights or {"source": "in-memory"})  # where the weights came from
         self.graph_safe = self.device.type == "cuda" and not compile
         self._denoise = torch.compile(net.denoise, dynamic=False) if compile else net.denoise
 
@@ -72,6 +78,11 @@ def ort_session(model: pathlib.Path | bytes, providers: Sequence = ("CPUExecutio
     ort = _onnxruntime()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    # ONNX Runtime's own log lines (provider fallbacks and the like) go straight to stderr, past our logging;
+    # only -v (debug logging of pid_trt) lets them through
+    severity = 0 if log.isEnabledFor(logging.DEBUG) else 3
+    ort.set_default_logger_severity(severity)
+    opts.log_severity_level = severity
     # idle worker threads would spin between calls, starving torch's sampler arithmetic on small machines
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=list(providers))
@@ -104,10 +115,12 @@ class OnnxRuntimeBackend:
     def __init__(self, onnx_dir: str | pathlib.Path, device: str | torch.device | None = None, threads: int = 0):
         ort = _onnxruntime()
         self.dir = pathlib.Path(onnx_dir)
-        self.manifest = read_manifest(self.dir)
+        # the files ONNX Runtime reads are checked first: inside the directory, unchanged since export, finite
+        self.manifest = read_manifest(self.dir, verify=True)
         self.net_config = NetConfig.from_dict(self.manifest["net_config"])
         if device is None and "CUDAExecutionProvider" not in ort.get_available_providers():
             device = "cpu"
+        self.weights, self.precision = self.manifest["weights"], self.manifest["precision"]
         self.device = resolve_device(None if device is None else str(device))
         providers: list = ["CPUExecutionProvider"]
         if self.device.type == "cuda":

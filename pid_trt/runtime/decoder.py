@@ -2,29 +2,26 @@
 with per-sample seeded noise and, on CUDA, the whole decode replayed from a CUDA graph."""
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, Callable, Sequence
 
 import torch
 
-from pid_trt import teacher
+from pid_trt import memory, teacher
 from pid_trt.config import BACKENDS, NetConfig
+from pid_trt.engines.store import EngineStore
 from pid_trt.errors import PiDInputError
+from pid_trt.export.manifest import check_weights, read_manifest
 from pid_trt.runtime.backends import OnnxRuntimeBackend, TorchBackend
-from pid_trt.sampler import SamplerOptions, check_inputs, noise_draws, run_decode, to_uint8
+from pid_trt.sampler import SamplerOptions, check_dtypes, check_inputs, check_seed, noise_draws, run_decode, to_uint8
 
 
 def _kind(source: pathlib.Path) -> str:
     if source.is_dir():
         if (source / "manifest.json").is_file():
             return "onnx"
-        for sidecar in source.glob("*.json"):
-            try:
-                if json.loads(sidecar.read_text()).get("format") == "pid-trt-engine":
-                    return "engines"
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                continue
+        if EngineStore(source).scan():
+            return "engines"
         raise PiDInputError(f"{source} holds neither an ONNX export (manifest.json) nor engines (*.json sidecars)")
     if source.is_file():
         return "checkpoint"
@@ -44,9 +41,13 @@ class PiDDecoder:
     @classmethod
     def load(cls, source: str | pathlib.Path, backend: str | None = None, device: str | None = None, *,
              backbone: str | None = None, ckpt: str | None = None, precision: str = "fp32",
-             compile: bool = False, cuda_graph: bool = True) -> "PiDDecoder":
+             compile: bool = False, cuda_graph: bool = True,
+             checkpoint: str | pathlib.Path | None = None) -> "PiDDecoder":
         """`source`: an engine directory (tensorrt), an ONNX directory (onnxruntime) or a checkpoint file (torch,
-        needs backbone/ckpt). `backend` overrides the choice where the source allows it."""
+        needs backbone/ckpt). `backend` overrides the choice where the source allows it.
+
+        `checkpoint` (with an engine or ONNX directory): the weights the artifacts must have been made from; an
+        engine set or export of other (or RANDOM) weights is refused before it is loaded."""
         from pid_trt.registry import resolve
 
         source = pathlib.Path(source)
@@ -59,13 +60,19 @@ class PiDDecoder:
                 raise PiDInputError("a checkpoint needs --backbone and --ckpt to know its net")
             if backend not in (None, "torch"):
                 raise PiDInputError(f"a checkpoint runs on the torch backend; export it for {backend}")
+            if checkpoint is not None and pathlib.Path(checkpoint).resolve() != source.resolve():
+                raise PiDInputError(f"two checkpoints given ({source} and {checkpoint}); give one")
             from pid_trt.checkpoint import load_net
 
-            return cls(TorchBackend(load_net(source, entry.net.config), device, precision, compile), entry=entry,
-                       cuda_graph=cuda_graph)
+            weights = {"source": str(source.resolve())}
+            return cls(TorchBackend(load_net(source, entry.net.config), device, precision, compile, weights),
+                       entry=entry, cuda_graph=cuda_graph)
         if kind == "onnx":
             if backend not in (None, "onnxruntime"):
                 raise PiDInputError(f"{source} is an ONNX export: use --backend onnxruntime or build engines")
+            if checkpoint is not None:
+                manifest = read_manifest(source)
+                check_weights(manifest["weights"], checkpoint, f"ONNX export {source}", manifest["net_config"])
             be = OnnxRuntimeBackend(source, device)
             m = be.manifest
             if entry is None and m.get("backbone"):
@@ -77,19 +84,43 @@ class PiDDecoder:
 
         engine_precision = None if precision == "fp32" else precision  # fp32 is also the torch default
         be = TensorRTBackend.from_engine_dir(source, backbone=backbone, ckpt=ckpt, precision=engine_precision,
-                                             device=device)
+                                             device=device, checkpoint=checkpoint)
         if entry is None:
             entry = resolve(be.sidecar["backbone"], be.sidecar["ckpt"])
         return cls(be, entry=entry, cuda_graph=cuda_graph)
 
     @classmethod
     def from_net(cls, net, device: str | None = None, precision: str = "fp32", compile: bool = False,
-                 cuda_graph: bool = True, entry=None) -> "PiDDecoder":
-        return cls(TorchBackend(net, device, precision, compile), entry=entry, cuda_graph=cuda_graph)
+                 cuda_graph: bool = True, entry=None, weights: dict[str, Any] | None = None) -> "PiDDecoder":
+        """A torch decoder of a net in memory; `weights` describes where its weights came from (a weights block
+        as manifests write it, e.g. {"source": "random"}; default: in-memory)."""
+        return cls(TorchBackend(net, device, precision, compile, weights), entry=entry, cuda_graph=cuda_graph)
 
     @property
     def net_config(self) -> NetConfig:
         return self.backend.net_config
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        """Where the weights came from: the export's or engines' weights block, or the torch net's source."""
+        return self.backend.weights
+
+    @property
+    def precision(self) -> str:
+        """What the backend computes in: torch fp32 or bf16 autocast, or the export's / engines' precision."""
+        return self.backend.precision
+
+    def check_memory(self, width: int, height: int, batch: int, guided: bool = False,
+                     text_len: int | None = None) -> None:
+        """Refuse, before any work, a decode of W×H at `batch` (captions of `text_len` tokens) whose estimated
+        memory exceeds what the device has free now (pid_trt.memory); the message names the largest size that
+        fits."""
+        dev = self.backend.device
+        budget = memory.available_bytes(dev)
+        if dev.type == "cuda":  # torch's cache holds memory the decode can reuse
+            budget += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        memory.check_fits(self.net_config, width, height, batch * (2 if guided else 1), self.precision, budget,
+                          f"{dev} ({self.backend.name})", text_len=text_len)
 
     @property
     def sampler(self) -> str:
@@ -140,6 +171,9 @@ class PiDDecoder:
             raise PiDInputError("pass either options or steps/cfg/shift, not both")
         if options.sampler == "student" and negative_embedding is not None:
             raise PiDInputError("a negative embedding applies to the undistilled teacher checkpoints only")
+        check_dtypes(lq_latent=lq_latent, caption_embedding=caption_embedding, negative_embedding=negative_embedding)
+        if noise is None:
+            check_seed(seed, indices, lq_latent.shape[0] if lq_latent.dim() else 0)
         dev = self.backend.device
         z = lq_latent.to(dev, torch.float32)
         y = caption_embedding.to(dev, torch.float32)
@@ -150,6 +184,9 @@ class PiDDecoder:
         warn = self.entry.size_warning if self.entry is not None else None
         sigma, (hh, ww) = check_inputs(self.net_config, z, y, degrade_sigma, size_warning=warn)
         neg = teacher.check_guidance(y, neg, options.cfg) if options.sampler == "teacher" else None
+        key = (tuple(z.shape), tuple(y.shape), options, neg is None)
+        if key not in self._graphs:  # a replayed graph has fitted before
+            self.check_memory(ww, hh, z.shape[0], options.guided, y.shape[1])
         shape = (z.shape[0], 3, hh, ww)
         draws = options.noise_draws
         if noise is None:
@@ -163,7 +200,7 @@ class PiDDecoder:
         if self.cuda_graph and dev.type == "cuda" and on_step is None:
             from pid_trt.runtime.cuda_graphs import replay
 
-            image = replay(self._graphs, (tuple(z.shape), tuple(y.shape), options, neg is None), run, args, dev)
+            image = replay(self._graphs, key, run, args, dev)
         else:
             image = run(*args)
         return to_uint8(image) if output == "uint8" else image

@@ -9,7 +9,6 @@ stream. `execute_async_v3` runs on torch's current stream of the backend's devic
 """
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 from typing import Any
@@ -19,8 +18,17 @@ import torch
 from pid_trt.config import NetConfig
 from pid_trt.engines.detect import detect_local, load_tensorrt, tensorrt_logger
 from pid_trt.engines.profiles import Profile
-from pid_trt.engines.store import EngineStore, canonical_names, find_engine, gpu_model_note
+from pid_trt.engines.store import (
+    EngineStore,
+    canonical_names,
+    find_engine,
+    gpu_model_note,
+    sidecar_weights_id,
+    verify_engine_files,
+)
 from pid_trt.errors import PiDInputError
+from pid_trt.export.manifest import check_weights
+from pid_trt.integrity import file_sha256
 from pid_trt.runtime.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -90,19 +98,21 @@ class TensorRTBackend:
 
     def __init__(self, sidecar_path: pathlib.Path, device: str | torch.device | None = None):
         trt = load_tensorrt()
-        self.sidecar = json.loads(sidecar_path.read_text())
+        root = sidecar_path.parent
+        self.sidecar = EngineStore(root).read_sidecar(sidecar_path.stem)  # validated against its schema
         self.net_config = NetConfig.from_dict(self.sidecar["net_config"])
+        self.precision = self.sidecar["precision"]
+        self.weights = self.sidecar.get("weights") or {"sha256": self.sidecar["weights_sha256"]}
         self.device = resolve_device(None if device is None else str(device))
         if self.device.type != "cuda":
             raise PiDInputError(f"TensorRT engines run on a CUDA GPU, not {self.device}; pass --device cuda[:N]")
         self.profiles = [Profile.from_json(p) for p in self.sidecar["profiles"]]
         self.text_length = self.net_config.text_limit  # the engines' profiles fix the caption length
-        root = sidecar_path.parent
+        files = verify_engine_files(root, self.sidecar)  # inside the directory and unchanged since the build
         with torch.cuda.device(self.device):  # TensorRT works on the current device
             self.runtime = trt.Runtime(tensorrt_logger())
-            self.cond_engine = _Engine(trt, self.runtime, root / self.sidecar["engines"]["cond"]["file"], self.device)
-            self.denoise_engine = _Engine(trt, self.runtime, root / self.sidecar["engines"]["denoise"]["file"],
-                                          self.device)
+            self.cond_engine = _Engine(trt, self.runtime, files["cond"], self.device)
+            self.denoise_engine = _Engine(trt, self.runtime, files["denoise"], self.device)
             size = max(e.engine.device_memory_size_v2 for e in (self.cond_engine, self.denoise_engine))
             scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
         self.cond_engine.scratch = self.denoise_engine.scratch = scratch
@@ -113,25 +123,36 @@ class TensorRTBackend:
 
     @classmethod
     def from_engine_dir(cls, engine_dir: pathlib.Path, *, backbone: str | None, ckpt: str | None,
-                        precision: str | None, device: str | torch.device | None = None) -> "TensorRTBackend":
-        """The usable engine in `engine_dir` for backbone/ckpt/precision; any of them may be left out when the
-        directory's finished engines leave only one choice."""
+                        precision: str | None, device: str | torch.device | None = None,
+                        checkpoint: str | pathlib.Path | None = None) -> "TensorRTBackend":
+        """The usable engine in `engine_dir` for backbone/ckpt/precision and, with `checkpoint`, built from those
+        weights, on `device`; any of them may be left out when the directory's finished engines leave only one
+        choice."""
         finished = [e.sidecar for e in EngineStore(engine_dir).scan() if e.sidecar is not None]
         if backbone is not None:
             want = canonical_names(backbone, ckpt or "2k")
             finished = [s for s in finished if (s["backbone"], s["ckpt"]) == want]
-        choices = sorted({(s["backbone"], s["ckpt"], s["precision"]) for s in finished
-                          if precision in (None, s["precision"])})
+        if checkpoint is not None:
+            wanted = file_sha256(checkpoint)[:8]
+            finished = [s for s in finished if sidecar_weights_id(s) in (wanted, None)]
+        choices = sorted({(s["backbone"], s["ckpt"], s["precision"], sidecar_weights_id(s) or "unknown")
+                          for s in finished if precision in (None, s["precision"])})
         if len(choices) != 1:
-            found = ", ".join(" ".join(c) for c in choices) or "none"
-            raise PiDInputError(f"{engine_dir}: {len(choices)} matching engine sets ({found}); "
-                                "pass --backbone/--ckpt (and the precision) to choose one")
-        backbone, ckpt, precision = choices[0]
+            found = ", ".join(f"{b} {c} {p} weights {w}" for b, c, p, w in choices) or "none"
+            raise PiDInputError(f"{engine_dir}: {len(choices)} matching engine sets ({found}); pass --backbone/"
+                                "--ckpt, the precision or --checkpoint (the weights) to choose one")
+        backbone, ckpt, precision, weights = choices[0]
         resolved = resolve_device(None if device is None else str(device))
         trt_version, gpu = detect_local(resolved.index if resolved.type == "cuda" else None)
         lookup = find_engine(engine_dir, backbone, ckpt, precision, trt_version=trt_version,
-                             compute_capability=gpu.compute_capability if gpu else None)
-        return cls(lookup.require(), resolved)
+                             compute_capability=gpu.compute_capability if gpu else None,
+                             weights=None if weights == "unknown" else weights)
+        path = lookup.require()
+        if checkpoint is not None:
+            sidecar = lookup.sidecar
+            check_weights(sidecar.get("weights") or {"sha256": sidecar["weights_sha256"]}, checkpoint,
+                          f"engine {sidecar['name']}", sidecar["net_config"])
+        return cls(path, resolved)
 
     def _profile(self, batch: int, height: int, width: int) -> int:
         static = [i for i, p in enumerate(self.profiles) if p.kind == "static" and p.covers(width, height, batch)]

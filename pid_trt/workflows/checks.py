@@ -30,6 +30,14 @@ def _given_inputs(latents: pathlib.Path | None, caption_embedding: pathlib.Path 
     return out
 
 
+def _size(net_config, size: tuple[int, int] | None, given: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """The W×H a parity run decodes: the given latents', else --size, else the default 4×6 latent."""
+    k = net_config.pixels_per_latent
+    if "lq_latent" in given:
+        return given["lq_latent"].shape[3] * k, given["lq_latent"].shape[2] * k
+    return size or (6 * k, 4 * k)
+
+
 def check_parity(*, backend: str | None = None, reference_checkpoint: pathlib.Path | None = None,
                  export_dir: pathlib.Path | None = None, against: str | None = None,
                  latents: pathlib.Path | None = None, caption_embedding: pathlib.Path | None = None,
@@ -42,21 +50,26 @@ def check_parity(*, backend: str | None = None, reference_checkpoint: pathlib.Pa
 
     `layerwise` then compares every tensor of one denoiser evaluation (the first diverged step, else step 1)
     with a reference run (see `layerwise_parity`); `save_inputs` writes that evaluation's feeds for Polygraphy."""
-    from pid_trt.parity import backend_precision, make_inputs, run_parity, tolerance_for
+    from pid_trt.parity import make_inputs, run_parity, tolerance_for
     from pid_trt.runtime import PiDDecoder
 
     sources = Sources(export_dir=export_dir, reference_checkpoint=reference_checkpoint, **source)
+    given = _given_inputs(latents, caption_embedding)
+    n = len(given["lq_latent"]) if "lq_latent" in given else batch
     try:
+        if (info := sources.describe_source()) is not None:  # before anything large is loaded
+            info.check_request([_size(info.net_config, size, given)], n)
         candidate = sources.decoder(backend, cuda_graph=False)
         if (layerwise or save_inputs is not None) and candidate.backend.name == "torch":
             raise PiDInputError("--layerwise and --save-inputs compare exported graphs: give --onnx-dir or "
                                 "--engine-dir (or --backend onnxruntime for a tiny net)")
+        candidate.check_memory(*_size(candidate.net_config, size, given), n)
         ref_net, ref_how = sources.reference_net()
-        precision = backend_precision(candidate.backend)
+        precision = candidate.precision
         tolerance = tolerance_for(precision, against)
         noise_for = PiDDecoder.from_net(ref_net, candidate.backend.device, cuda_graph=False).noise_for
         inputs = make_inputs(candidate.net_config, noise_for, seed=seed, size=size, batch=batch, sigma=sigma,
-                             steps=steps, **_given_inputs(latents, caption_embedding))
+                             steps=steps, **given)
         report = run_parity(candidate, ref_net, inputs, tolerance)
         if layerwise or save_inputs is not None:
             report["layerwise"] = layerwise_parity(sources, candidate, inputs, report["first_divergent_step"] or 1,
@@ -124,11 +137,13 @@ def run_bench(*, backends: Sequence[str | None] = (None,), sizes: Sequence[tuple
     sources = Sources(random_reference=True, **source)
     rows = []
     try:
+        if (info := sources.describe_source()) is not None:  # before anything large is loaded
+            info.check_request(sizes or [_size(info.net_config, None, {})], max(batches or (1,)))
         for backend in backends or (None,):
             decoder = sources.decoder(backend, cuda_graph=cuda_graph)
-            k = decoder.net_config.pixels_per_latent
-            for size in sizes or [(6 * k, 4 * k)]:
+            for size in sizes or [_size(decoder.net_config, None, {})]:
                 for batch in batches or (1,):
+                    decoder.check_memory(*size, batch, text_len=text_len)
                     row = bench_decoder(decoder, size, batch, steps, warmup, iters, text_len)
                     log.info("%s %s batch %d: p50 %.2f ms", row["backend"], row["size"], batch, row["p50_ms"])
                     rows.append(row)

@@ -17,11 +17,15 @@ import torch
 
 from pid_trt.atomic import atomic_write_json
 from pid_trt.errors import PiDInputError
+from pid_trt.export.manifest import describe_weights, is_random, weights_id
 from pid_trt.images import save_image
 from pid_trt.runtime import PiDDecoder
 from pid_trt.runtime.device import can_gather, gather, shard, world
 from pid_trt.sampler import SamplerOptions
 from pid_trt.workflows.inputs import LatentSample, read_caption_embedding
+from pid_trt.workflows.sources import SourceInfo, describe_source
+
+log = logging.getLogger(__name__)
 
 # Caption embeddings: one tensor [1 or N, L, D] indexed by global sample index (row 0 for all when 1),
 # or a mapping global index -> [L, D] / [1, L, D] (what a rank encodes for its own samples).
@@ -36,6 +40,14 @@ def output_tag(decoder: PiDDecoder, options: SamplerOptions, backbone: str | Non
     experiment = entry.experiment if entry else "custom"
     extra = f"_shift{options.shift}" if options.shift is not None else ""
     return f"{backbone}_{experiment}_model_ema_bf16.pth_cfg{options.cfg}_steps{options.steps}{extra}_reg"
+
+
+def weights_summary(decoder: PiDDecoder) -> dict[str, Any]:
+    """What a run summary records about the weights: their identity (RANDOM for random weights) and source."""
+    weights = decoder.weights
+    identified = is_random(weights) or "checkpoint" in weights or "sha256" in weights
+    return {**weights, "id": weights_id(weights) if identified else None, "random": is_random(weights),
+            "description": describe_weights(weights)}
 
 
 def check_captions(captions: Captions, count: int) -> None:
@@ -104,6 +116,45 @@ def _keep_previous(path: pathlib.Path) -> None:
     log.info("kept the earlier run's %s as %s", path.name, kept.name)
 
 
+def my_share(count: int, what: str = "sample") -> list[int]:
+    """This rank's global indices of `count` items (runtime.device.shard; a bad torchrun environment is refused
+    here, before any work), with a note when this rank has nothing to do."""
+    mine = shard(count)
+    rank, size = world()
+    if not mine:
+        log.info("rank %d of %d has nothing to do: %d %s(s) for %d ranks", rank, size, count, what, size)
+    return mine
+
+
+def check_batches(samples: Sequence[LatentSample], indices: Sequence[int], batch_size: int) -> None:
+    """Latents decoded in one batch must share a shape: refuse mixed sizes before any work, never reshape them."""
+    if batch_size < 1:
+        raise PiDInputError("--batch-size must be at least 1")
+    for start in range(0, len(indices), batch_size):
+        batch = indices[start:start + batch_size]
+        shapes = {tuple(samples[i].lq_latent.shape[1:]) for i in batch}
+        if len(shapes) > 1:
+            raise PiDInputError(f"samples {batch[0]}..{batch[-1]} have latents of different shapes "
+                                f"({', '.join(str(list(s)) for s in sorted(shapes))}) and cannot share a batch; "
+                                "use --batch-size 1 or one latent size per run")
+
+
+def preflight(samples: Sequence[LatentSample], indices: Sequence[int], batch_size: int,
+              baseline_vae: pathlib.Path | None = None, **source: Any) -> SourceInfo:
+    """Everything `decode_latents` can refuse before the decoder is opened: mixed sizes in a batch, a broken
+    baseline VAE folder, and sizes or batches whose memory the source's device cannot hold (`source`:
+    describe_source's arguments)."""
+    check_batches(samples, indices, batch_size)
+    if baseline_vae is not None:
+        from pid_trt.vae import check_vae_dir
+
+        check_vae_dir(baseline_vae)
+    info = describe_source(**source)
+    sizes = [info.net_config.output_size(samples[i].lq_latent.shape[2:])[::-1] for i in indices]
+    info.check_request(sizes, min(batch_size, max(1, len(indices))))
+    return info
+
+
 def write_summary(out_dir: pathlib.Path, summary: dict[str, Any]) -> pathlib.Path:
     """Write the run's `summary.json` atomically (returns its path). Under torchrun the records are gathered first
     (`gather_records`) and rank 0 writes it once; ranks without torchrun's rendezvous each write
@@ -128,8 +179,9 @@ def decode_latents(decoder: PiDDecoder, samples: Sequence[LatentSample], caption
     then the summary; returns the summary and its path."""
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise PiDInputError("--batch-size must be at least 1")
+    rank, size = world()
+    mine = shard(len(samples))
+    check_batches(samples, mine, batch_size)
     check_captions(captions, len(samples))
     vae = None
     if baseline_vae is not None:
@@ -138,8 +190,6 @@ def decode_latents(decoder: PiDDecoder, samples: Sequence[LatentSample], caption
         if decoder.entry is None:
             raise PiDInputError("--baseline-vae needs to know the backbone: pass --backbone")
         vae = load_vae(baseline_vae, device=decoder.backend.device)
-    rank, size = world()
-    mine = shard(len(samples))
     tag = output_tag(decoder, options)
     items = []
     bar = tqdm(total=len(mine), desc=f"decode (rank {rank}/{size})" if size > 1 else "decode", unit="img",
@@ -174,6 +224,7 @@ def decode_latents(decoder: PiDDecoder, samples: Sequence[LatentSample], caption
     entry = decoder.entry
     summary = {"backend": decoder.backend.name, "device": str(decoder.backend.device),
                "backbone": entry.backbone if entry else None, "ckpt": entry.ckpt if entry else None,
+               "weights": weights_summary(decoder),
                "sampler": options.sampler, "steps": options.steps, "cfg": options.cfg, "seed": seed, "tag": tag,
                "images": gather_records(items)}
     return summary, write_summary(out_dir, summary)

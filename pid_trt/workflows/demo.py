@@ -181,7 +181,8 @@ def summary_lines(report: dict[str, Any], out_dir: str | pathlib.Path) -> list[s
     what = f"decoded {case['name']}, a case recorded from NVIDIA's implementation: {case['net']};"
     how = (f"  latent {case['latent_shape']} + caption {case['caption_shape']}, σ {case['degrade_sigma']:g} → "
            f"{w}x{h} in {case['steps']} steps, with {report['backend']} on {report['device']} (ONNX {export})")
-    verdict = (f"{'MATCH' if cmp_['passed'] else 'MISMATCH'}: the output recorded from NVIDIA's implementation is reproduced within {worst:.1e} "
+    verdict = (f"{'MATCH' if cmp_['passed'] else 'MISMATCH'}: the output recorded from NVIDIA's implementation is "
+               f"reproduced within {worst:.1e} "
                f"(largest difference over all {case['steps']} steps; tolerance {cmp_['tolerance']['x_max_abs']:g}); "
                f"{differ} of {values:,} 8-bit pixel values differ, by at most {cmp_['u8_max_abs']:g}")
     return [

@@ -12,7 +12,6 @@ with labels "{K:02d}xt" (ascending) and "x0".
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import torch
 
 from pid_trt.diffusers import PIPELINE_CLASSES, decode_pipeline_latents
 from pid_trt.errors import MissingDependencyError, PiDInputError
+from pid_trt.formats import read_json
 from pid_trt.images import resize, save_image, side_by_side
 from pid_trt.latents import canonical_backbone
 from pid_trt.runtime import PiDDecoder, resolve_device
@@ -55,24 +55,34 @@ def ldm_settings(backbone: str, steps: int | None, guidance_scale: float | None,
                  save_xt_steps: Sequence[int] = ()) -> tuple[int, float]:
     """(LDM steps, guidance) with upstream's per-backbone defaults; every capture K must lie in [1, steps]."""
     default_steps, default_guidance = LDM_DEFAULTS[canonical_backbone(backbone)]
-    steps = steps or default_steps
+    steps = default_steps if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PiDInputError(f"LDM steps must be a positive integer, got {steps!r}")
     bad = [k for k in save_xt_steps if not 1 <= k <= steps]
     if bad:
         raise PiDInputError(f"--save-xt-steps must lie in [1, {steps}] (LDM steps), got {bad}")
     return steps, default_guidance if guidance_scale is None else guidance_scale
 
 
-def load_pipeline(model_dir: str | pathlib.Path, backbone: str, device: str | torch.device | None = None,
-                  dtype: torch.dtype | None = None) -> Any:
-    """The backbone's diffusers pipeline from a local directory (model_index.json); never downloads."""
+def check_pipeline_dir(model_dir: str | pathlib.Path, backbone: str) -> None:
+    """A local diffusers pipeline directory of the backbone's class, by its model_index.json (cheap: nothing is
+    loaded); one PiDInputError line otherwise."""
     name = canonical_backbone(backbone)
     model_dir = pathlib.Path(model_dir)
     index = model_dir / "model_index.json"
     if not index.is_file():
         raise PiDInputError(f"{model_dir} is not a diffusers pipeline directory (no model_index.json)")
-    found = json.loads(index.read_text()).get("_class_name")
+    values = read_json(index, "pipeline index")
+    found = values.get("_class_name") if isinstance(values, dict) else None
     if found != PIPELINE_CLASSES[name]:
         raise PiDInputError(f"{model_dir} holds a {found}, but --backbone {name} needs a {PIPELINE_CLASSES[name]}")
+
+
+def load_pipeline(model_dir: str | pathlib.Path, backbone: str, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> Any:
+    """The backbone's diffusers pipeline from a local directory (model_index.json); never downloads."""
+    check_pipeline_dir(model_dir, backbone)
+    model_dir = pathlib.Path(model_dir)
     try:
         import diffusers
     except ImportError:
@@ -81,8 +91,9 @@ def load_pipeline(model_dir: str | pathlib.Path, backbone: str, device: str | to
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, torch_dtype=dtype)
-    except (OSError, ValueError, TypeError) as e:
-        raise PiDInputError(f"could not load the pipeline in {model_dir}: {str(e).splitlines()[0][:160]}") from None
+    except Exception as e:  # noqa: BLE001 -- diffusers and its components raise many types for bad folders
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise PiDInputError(f"could not load the pipeline in {model_dir}: {first}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

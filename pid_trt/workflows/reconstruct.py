@@ -55,11 +55,15 @@ def read_manifest(path: str | pathlib.Path, caption: str | None = None) -> list[
     if not path.is_file():
         raise PiDInputError(f"manifest {path} does not exist")
     samples = []
-    for n, line in enumerate(text for text in path.read_text().splitlines() if text.strip()):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PiDInputError(f"cannot read manifest {path}: {getattr(e, 'strerror', None) or e}") from None
+    for n, line in enumerate(text for text in lines if text.strip()):
         try:
             row = json.loads(line)
             image = pathlib.Path(row["image"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # ValueError: bad JSON and numbers Python cannot hold
             raise PiDInputError(f"{path}: line {n + 1} is not a JSON object with an 'image' path") from None
         if not image.is_absolute() and not image.exists():
             image = path.parent / image
@@ -67,6 +71,20 @@ def read_manifest(path: str | pathlib.Path, caption: str | None = None) -> list[
     if not samples:
         raise PiDInputError(f"manifest {path} lists no images")
     return samples
+
+
+def input_size(path: pathlib.Path) -> tuple[int, int]:
+    """W×H an input image has after `load_image`'s crop, from its header (the pixels are not decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, UnidentifiedImageError) as e:
+        raise PiDInputError(f"cannot read image {path}: {str(e).splitlines()[0][:120]}") from None
+    if width < 16 or height < 16:
+        raise PiDInputError(f"image {path} is {width}x{height}; it must be at least 16x16")
+    return width // 16 * 16, height // 16 * 16
 
 
 def load_image(path: pathlib.Path) -> torch.Tensor:

@@ -7,33 +7,113 @@ reference weights it must be compared with.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import pathlib
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from pid_trt import memory
+from pid_trt.config import NetConfig
+from pid_trt.engines.store import EngineStore, canonical_names
 from pid_trt.errors import PiDInputError
+from pid_trt.export.manifest import check_weights, is_random, read_manifest
+from pid_trt.registry import Entry
 from pid_trt.runtime import PiDDecoder, resolve_device, use_device
-from pid_trt.tiny import DEFAULT_STRUCTURE
+from pid_trt.sampler import SamplerOptions
+from pid_trt.tiny import DEFAULT_STRUCTURE, tiny_config
 
 log = logging.getLogger(__name__)
 
 
 def check_one_source(engine_dir: pathlib.Path | None, onnx_dir: pathlib.Path | None,
                      checkpoint: pathlib.Path | None, tiny: bool = False) -> pathlib.Path | None:
-    """The one decoder source given (None for a tiny net); a one-line error for none or several."""
-    sources = [s for s in (engine_dir, onnx_dir, checkpoint) if s is not None]
-    if len(sources) + tiny != 1:
-        raise PiDInputError("give exactly one of --engine-dir, --onnx-dir or --checkpoint")
+    """The one decoder source given (None for a tiny net); a one-line error for none or several. A checkpoint
+    beside an engine or ONNX directory is not a second source: it names the weights they must hold."""
+    artifacts = [s for s in (engine_dir, onnx_dir) if s is not None]
+    sources = artifacts or ([checkpoint] if checkpoint is not None else [])
+    if len(sources) + tiny != 1 or (tiny and checkpoint is not None):
+        raise PiDInputError("give exactly one of --engine-dir, --onnx-dir or --checkpoint (a --checkpoint beside "
+                            "--engine-dir/--onnx-dir names the weights they must hold)")
     return sources[0] if sources else None
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a decoder source will run, read from its files without loading it: enough to refuse a request that
+    cannot fit before any expensive work."""
+
+    net_config: NetConfig
+    entry: Entry | None
+    precision: str
+    device: str
+    resident_bytes: int  # weights it will load onto the device
+
+    def options(self, steps: int | None = None, cfg: float | None = None, shift: float | None = None
+                ) -> SamplerOptions:
+        """The sampler options the decoder will run (PiDDecoder.options, validated before it is loaded)."""
+        return SamplerOptions.resolve(steps=steps, cfg=cfg, shift=shift, entry=self.entry)
+
+    def check_request(self, sizes: Iterable[tuple[int, int]], batch: int = 1) -> None:
+        """Refuse (PiDInputError naming the largest size that fits) W×H sizes that cannot be decoded at `batch`
+        on the device once the weights are loaded; sizes outside the trained range only warn later."""
+        import torch
+
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            return  # loading reports the missing GPU
+        guided = self.entry is not None and self.entry.sampler == "teacher"
+        budget = memory.available_bytes(self.device)
+        for width, height in dict.fromkeys(sizes):
+            memory.check_fits(self.net_config, width, height, batch * (2 if guided else 1), self.precision, budget,
+                              self.device, self.resident_bytes)
+
+
+def _files_size(root: pathlib.Path, names: Iterable[str | None]) -> int:
+    return sum((root / n).stat().st_size for n in names if n and (root / n).is_file())
+
+
+def describe_source(*, engine_dir: pathlib.Path | None = None, onnx_dir: pathlib.Path | None = None,
+                    checkpoint: pathlib.Path | None = None, tiny: bool = False, backbone: str | None = None,
+                    ckpt: str | None = None, device: str | None = None, precision: str = "fp32") -> SourceInfo:
+    """`SourceInfo` for the source `open_decoder` would open (manifests and sidecars are read and validated)."""
+    from pid_trt.registry import resolve
+
+    check_one_source(engine_dir, onnx_dir, checkpoint, tiny)
+    entry = resolve(backbone, ckpt or "2k") if backbone else None
+    torch_device = str(resolve_device(device))
+    if onnx_dir is not None:
+        m = read_manifest(onnx_dir, verify=True)  # the graphs ONNX Runtime will read, checked first (cached)
+        if checkpoint is not None:
+            check_weights(m["weights"], checkpoint, f"ONNX export {onnx_dir}", m["net_config"])
+        entry = entry or (resolve(m["backbone"], m["ckpt"] or "2k") if m.get("backbone") else None)
+        files = [n for g in m["graphs"].values() for n in (g["file"], g.get("external_data"))]
+        return SourceInfo(NetConfig.from_dict(m["net_config"]), entry, m["precision"],
+                          device if str(device or "cpu").startswith("cuda") else "cpu", _files_size(onnx_dir, files))
+    if engine_dir is not None:
+        sidecars = [e.sidecar for e in EngineStore(engine_dir).scan() if e.sidecar is not None]
+        if entry is not None:
+            sidecars = [s for s in sidecars if (s["backbone"], s["ckpt"]) == canonical_names(backbone, ckpt or "2k")]
+        if not sidecars:  # loading says why
+            return SourceInfo(entry.net.config if entry else NetConfig(), entry, "fp32", "cuda", 0)
+        s = sidecars[0]
+        entry = entry or (resolve(s["backbone"], s["ckpt"]) if s.get("backbone") else None)
+        files = [spec["file"] for spec in s["engines"].values()]
+        return SourceInfo(NetConfig.from_dict(s["net_config"]), entry, s["precision"], "cuda",
+                          _files_size(engine_dir, files))
+    if entry is None:
+        raise PiDInputError(f"{'--tiny' if tiny else 'a checkpoint'} needs --backbone (and --ckpt) to know its net")
+    if tiny:
+        return SourceInfo(tiny_config(entry.net.id, patch_depth=2, pixel_depth=1), entry, precision, torch_device, 0)
+    return SourceInfo(entry.net.config, entry, precision, torch_device, memory.weight_bytes(entry.net.params, "fp32"))
 
 
 def open_decoder(*, engine_dir: pathlib.Path | None = None, onnx_dir: pathlib.Path | None = None,
                  checkpoint: pathlib.Path | None = None, tiny: bool = False, backbone: str | None = None,
                  ckpt: str | None = None, backend: str | None = None, device: str | None = None,
                  precision: str = "fp32", cuda_graph: bool = True) -> PiDDecoder:
-    """A PiDDecoder from exactly one source. With `backbone`, the source must hold that backbone's checkpoint.
+    """A PiDDecoder from exactly one source. With `backbone`, the source must hold that backbone's checkpoint;
+    with `checkpoint` beside an engine or ONNX directory, they must have been made from it.
     `tiny=True` builds a small seeded random net with the structure of (backbone, ckpt), for tests and dry runs
     without weights."""
     from pid_trt.registry import resolve
@@ -48,17 +128,20 @@ def open_decoder(*, engine_dir: pathlib.Path | None = None, onnx_dir: pathlib.Pa
         if entry is None:
             raise PiDInputError("--tiny needs --backbone (and --ckpt) to pick the net's structure")
         net = tiny_net(entry.net.id, patch_depth=2, pixel_depth=1)
-        dec = PiDDecoder.from_net(net, device, precision, cuda_graph=cuda_graph, entry=entry)
-        use_device(dec.backend.device)
-        return dec
-    dec = PiDDecoder.load(source, backend, device, backbone=backbone, ckpt=ckpt, precision=precision,
-                          cuda_graph=cuda_graph)
+        dec = PiDDecoder.from_net(net, device, precision, cuda_graph=cuda_graph, entry=entry,
+                                  weights={"source": "random"})
+    else:
+        dec = PiDDecoder.load(source, backend, device, backbone=backbone, ckpt=ckpt, precision=precision,
+                              cuda_graph=cuda_graph, checkpoint=checkpoint if source != checkpoint else None)
     use_device(dec.backend.device)  # every torchrun rank works on its own GPU (cuda:$LOCAL_RANK)
     if entry is not None and dec.entry is not None and dec.entry.experiment != entry.experiment:
         raise PiDInputError(f"{source} holds {dec.entry.experiment}, but --backbone {backbone} --ckpt "
                             f"{entry.ckpt} needs {entry.experiment}")
     if dec.entry is not None and dec.entry.note:
         log.info(dec.entry.note)
+    if is_random(dec.weights):
+        log.warning("decoding with RANDOM weights: the images are noise (export and build from a checkpoint "
+                    "with --checkpoint for real images)")
     return dec
 
 
@@ -174,7 +257,6 @@ class Sources:
         return self._reference
 
     def _find_reference(self):
-        from pid_trt.export import read_manifest
         from pid_trt.parity import reference_net
 
         if self.kind == "tiny":
@@ -183,16 +265,12 @@ class Sources:
             from pid_trt.registry import resolve
 
             return reference_net(resolve(self.backbone, self.ckpt or "2k").net.config, None, checkpoint=self.file)
-        if self.kind == "onnx":
-            m = read_manifest(self.file)
-            meta = (m["net_config"], m["weights"]["sha256"], m["weights"].get("source"))
-        else:
-            meta = self._sidecar_meta()
+        net_config, weights = self._recorded()
         if self.random_reference:
             from pid_trt.export import build_net
 
-            return build_net(net_config=meta[0])[0], "random weights of the same shape"
-        return reference_net(*meta, checkpoint=self.reference_checkpoint, tiny_seed=self.tiny_seed,
+            return build_net(net_config=net_config)[0], "random weights of the same shape"
+        return reference_net(net_config, weights, checkpoint=self.reference_checkpoint, tiny_seed=self.tiny_seed,
                              tiny_init=self.tiny[2])
 
     def reference_export(self, directory: pathlib.Path | None = None, single: bool = False) -> pathlib.Path:
@@ -202,7 +280,7 @@ class Sources:
 
         from pid_trt.checkpoint import weights_digest
         from pid_trt.config import VERSION
-        from pid_trt.export import export_onnx, read_manifest
+        from pid_trt.export import export_onnx
 
         net = self.reference_net()[0]
         if directory is not None and (directory / "manifest.json").exists():
@@ -223,8 +301,6 @@ class Sources:
 
     def engine_export(self, sidecar: dict[str, Any]) -> pathlib.Path:
         """The ONNX export engines were built from: the one under <engine-dir>/onnx/ with the sidecar's sha256s."""
-        from pid_trt.export import read_manifest
-
         want = {g: e["onnx_sha256"] for g, e in sidecar["engines"].items()}
         for path in sorted(self.file.glob("onnx/*/manifest.json")):
             graphs = read_manifest(path.parent)["graphs"]
@@ -233,10 +309,23 @@ class Sources:
         raise PiDInputError(f"no export under {self.file / 'onnx'} has the ONNX sha256s of {sidecar['name']}; "
                             "layer-wise parity rebuilds the engines from the graphs they were built from")
 
-    def _sidecar_meta(self):
-        for path in sorted(self.file.glob("*.json")):
-            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
-                sidecar = json.loads(path.read_text())
-                if isinstance(sidecar, dict) and sidecar.get("format") == "pid-trt-engine":
-                    return sidecar["net_config"], sidecar.get("weights_sha256"), None
-        raise PiDInputError(f"{self.file} holds no engine sidecar (*.json)")
+    def _recorded(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(net config, weights block) the export's manifest or the engines' sidecar records."""
+        if self.kind == "onnx":
+            m = read_manifest(self.file)
+            return m["net_config"], m["weights"]
+        for item in EngineStore(self.file).scan():
+            if item.sidecar is not None:
+                s = item.sidecar
+                return s["net_config"], s.get("weights") or {"sha256": s["weights_sha256"]}
+        raise PiDInputError(f"{self.file} holds no usable engine sidecar (*.json); see pid-trt engines {self.file}")
+
+    def describe_source(self) -> SourceInfo | None:
+        """The source's `SourceInfo` (None for a tiny net, whose size is known)."""
+        if self.kind == "tiny":
+            return None
+        return describe_source(engine_dir=self.file if self.kind == "engines" else None,
+                               onnx_dir=self.file if self.kind == "onnx" else None,
+                               checkpoint=self.file if self.kind == "checkpoint" else None,
+                               backbone=self.backbone, ckpt=self.ckpt, device=self.device,
+                               precision=self.precision or "fp32")

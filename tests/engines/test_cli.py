@@ -35,7 +35,7 @@ def test_inspect_engine_without_tensorrt_is_one_line(tmp_path):
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here; this checks the message when it is missing")
 def test_build_without_tensorrt_is_one_line(tmp_path):
-    result = run("build", "--backbone", "flux2", "--ckpt", "2kto4k", "--engine-dir", str(tmp_path))
+    result = run("build", "--backbone", "flux2", "--ckpt", "2kto4k", "--random-weights", "--engine-dir", str(tmp_path))
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output
@@ -44,10 +44,12 @@ def test_build_without_tensorrt_is_one_line(tmp_path):
 
 
 def test_dry_run_prints_the_plan(tmp_path):
-    result = run("build", "--backbone", "flux2", "--ckpt", "2kto4k", "--dry-run", "--engine-dir", str(tmp_path))
+    result = run("build", "--backbone", "flux2", "--ckpt", "2kto4k", "--random-weights", "--dry-run",
+                 "--engine-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     out = result.output
     assert "to be exported" in out and "bf16" in out
+    assert "checkpoint:   RANDOM" in out and "_bf16_wRANDOM_p" in out
     assert "4096x3072    static" in out  # a static profile for 4096×3072 …
     assert "dynamic      dynamic  1536..4096 x 1536..4096" in out  # … and the dynamic one covers it too
     assert "trt<unknown>_sm<unknown>" in out if not HAS_TENSORRT else "engine name:" in out
@@ -60,7 +62,7 @@ def test_dry_run_with_an_onnx_dir(tmp_path):
     result = run("build", "--onnx-dir", str(onnx_dir), "--shape", "4096×3072", "--batch", "1:1:2", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "existing: cond.onnx, denoise.onnx" in result.output and "precision:    fp8" in result.output
-    assert "_flux2_2kto4k_v1pt5_fp8_p" in result.output and "batch 1..2" in result.output
+    assert "_flux2_2kto4k_v1pt5_fp8_wRANDOM_q<unknown>_p" in result.output and "batch 1..2" in result.output
 
 
 @pytest.mark.parametrize("args, message", [
@@ -70,7 +72,7 @@ def test_dry_run_with_an_onnx_dir(tmp_path):
     (("--ckpt", "9k"), "error: no official PiD checkpoint for --backbone flux2 --ckpt 9k"),
 ])
 def test_bad_input_is_one_line(args, message):
-    result = run("build", "--backbone", "flux2", "--dry-run", *args)
+    result = run("build", "--backbone", "flux2", "--random-weights", "--dry-run", *args)
     assert result.exit_code == 2 and result.output.strip().startswith(message)
     assert len(result.output.strip().splitlines()) == 1
 
@@ -93,13 +95,15 @@ def test_engines_lists_finished_and_unfinished(tmp_path):
     name = plan.name("10.13.0.35", gpu)
     EngineStore(plan.engine_dir).publish(name, {"cond": b"c", "denoise": b"d" * 1000},
                                          make_sidecar(plan, manifest, "10.13.0.35", gpu, None))
-    (plan.engine_dir / "pid_flux_2k_bf16_p00000000_trt10.13.0.35_sm90.denoise.engine").write_bytes(b"partial")
+    (plan.engine_dir / "pid_flux_2k_bf16_wRANDOM_p00000000_trt10.13.0.35_sm90.denoise.engine").write_bytes(b"partial")
 
     result = run("engines", str(plan.engine_dir))
     assert result.exit_code == 0, result.output
     header, finished, unfinished = result.output.strip().splitlines()  # sorted by name
-    assert header.split() == ["name", "backbone/ckpt", "precision", "profiles", "TRT", "SM", "size", "status"]
-    assert finished.split()[:8] == [name, "flux2/2kto4k_v1pt5", "bf16", "12", "static", "+", "dynamic", "10.13.0.35"]
+    assert header.split() == ["name", "backbone/ckpt", "precision", "weights", "profiles", "TRT", "SM", "size",
+                              "status"]
+    assert finished.split()[:9] == [name, "flux2/2kto4k_v1pt5", "bf16", "RANDOM", "12", "static", "+", "dynamic",
+                                    "10.13.0.35"]
     assert finished.rstrip().endswith("ok") or HAS_TENSORRT
     assert unfinished.startswith("pid_flux_2k_bf16_") and unfinished.endswith("unfinished: engine file without sidecar")
 

@@ -5,8 +5,15 @@ import re
 
 import pytest
 
-from pid_trt.engines.profiles import (Profile, dynamic_profile, input_shapes, parse_batch, plan_profiles,
-                                      profile_set_hash, static_profile)
+from pid_trt.engines.profiles import (
+    Profile,
+    dynamic_profile,
+    input_shapes,
+    parse_batch,
+    plan_profiles,
+    profile_set_hash,
+    static_profile,
+)
 from pid_trt.errors import ConfigError, PiDInputError
 from pid_trt.registry import PRESETS_2K, V15_GRID, resolve
 from tests.engines.manifest import flux2_manifest

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from pid_trt.engines.plan import make_plan
-from pid_trt.export import read_manifest
 from pid_trt.engines.profiles import input_shapes
+from pid_trt.export import read_manifest
 
 pytestmark = pytest.mark.slow
 

@@ -34,16 +34,19 @@ def built(tmp_path):
 
 
 def test_engine_name_format():
-    assert (engine_name("flux2", "2kto4k_v1pt5", "bf16", "1a2b3c4d", "10.13.0", "9.0")
-            == "pid_flux2_2kto4k_v1pt5_bf16_p1a2b3c4d_trt10.13.0_sm90")
-    assert engine_name("sdxl", "2kto4k", "fp8", "00000000", None, None).endswith("_trt<unknown>_sm<unknown>")
+    assert (engine_name("flux2", "2kto4k_v1pt5", "bf16", "1a2b3c4d", "10.13.0", "9.0", weights="0f1e2d3c")
+            == "pid_flux2_2kto4k_v1pt5_bf16_w0f1e2d3c_p1a2b3c4d_trt10.13.0_sm90")
+    assert (engine_name("sdxl", "2kto4k", "fp8", "00000000", None, None, weights="RANDOM", fp8="9a8b7c6d")
+            == "pid_sdxl_2kto4k_fp8_wRANDOM_q9a8b7c6d_p00000000_trt<unknown>_sm<unknown>")
+    assert "_w<unknown>_q<unknown>_" in engine_name("sdxl", "2kto4k", "fp8", "00000000", None, None, weights=None)
     assert canonical_names("zimage", "2kto4k") == ("flux", "2kto4k_v1pt5")
 
 
 def test_sidecar_round_trip(built):
     plan, manifest, name, path = built
     assert path == plan.engine_dir / f"{name}.json"
-    assert name.startswith(f"pid_flux2_2kto4k_v1pt5_bf16_p{plan.profile_hash}_trt{TRT}_sm90")
+    assert name.startswith(f"pid_flux2_2kto4k_v1pt5_bf16_wRANDOM_p{plan.profile_hash}_trt{TRT}_sm90")
+    assert sidecar_weights(path) == ("RANDOM", manifest["weights"])
     sidecar = json.loads(path.read_text())
     assert sidecar["format"] == "pid-trt-engine" and sidecar["format_version"] == 1 and sidecar["name"] == name
     assert sidecar["sampler"]["t_lists"] == {str(n): t for n, t in t_lists().items()}
@@ -62,6 +65,11 @@ def test_sidecar_round_trip(built):
     assert EngineStore(plan.engine_dir).read_sidecar(name) == sidecar
     assert check_compatible(sidecar, trt_version=TRT, compute_capability="9.0", onnx_manifest=manifest,
                             width=4096, height=3072, batch=1) == []
+
+
+def sidecar_weights(path):
+    sidecar = json.loads(path.read_text())
+    return sidecar["weights_id"], sidecar["weights"]
 
 
 def test_each_compatibility_reason(built):

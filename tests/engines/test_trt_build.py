@@ -39,7 +39,6 @@ def test_build_tiny_engines_then_up_to_date(tmp_path, gpu, caplog):
     import tensorrt
 
     from pid_trt import export
-
     from pid_trt.engines.build import run_build
     from pid_trt.engines.plan import make_plan
     from pid_trt.engines.store import find_engine

@@ -16,9 +16,9 @@ from pid_trt import latents as L
 from pid_trt.cli import _register, cli
 from pid_trt.images import resize
 from pid_trt.workflows.decode import output_tag
-from pid_trt.workflows.sources import open_decoder
 from pid_trt.workflows.metrics import latent_consistency, psnr, ssim
 from pid_trt.workflows.reconstruct import Sample, add_noise, encode, load_image, normalize, reconstruct
+from pid_trt.workflows.sources import open_decoder
 
 diffusers = pytest.importorskip("diffusers")
 from tests.tiny_pipelines import tiny_vae
