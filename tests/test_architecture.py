@@ -164,7 +164,7 @@ def test_nothing_refers_outside_the_repository():
     assert found.stdout == "", found.stdout
 
 
-COMMANDS = sorted(p.stem.removesuffix("_cmd") for p in (PACKAGE / "cli").glob("*_cmd.py"))
+COMMANDS = sorted(p.stem.removesuffix("_cmd").replace("_", "-") for p in (PACKAGE / "cli").glob("*_cmd.py"))
 
 
 @pytest.mark.parametrize("args", [["--help"], *([name, "--help"] for name in COMMANDS),

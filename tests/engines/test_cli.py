@@ -116,26 +116,34 @@ def test_engines_lists_finished_and_unfinished(tmp_path):
 
 
 def test_dry_run_of_a_teacher_plans_the_guidance_batch(tmp_path):
-    result = run("build", "--backbone", "flux", "--ckpt", "teacher", "--dry-run", "--engine-dir", str(tmp_path))
+    result = run("build", "--backbone", "flux", "--ckpt", "teacher", "--dry-run", "--random-weights",
+                 "--engine-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "sampler:      teacher (guidance runs [uncond; cond] as one batch of 2B" in result.output
     assert "batch 1..2" in result.output and "batch 1..1" not in result.output
 
 
 def test_fp8_memory_estimate(tmp_path):
-    from pid_trt.engines.plan import activation_bytes, fp8_params, weight_bytes
+    from pid_trt.export.fp8 import fp8_params
+    from pid_trt.memory import activation_bytes
 
-    plans = {p: make_plan(backbone="flux2", ckpt="2kto4k", precision=p, onnx_dir=None, engine_dir=tmp_path)
+    plans = {p: make_plan(backbone="flux2", ckpt="2kto4k", precision=p, onnx_dir=None, engine_dir=tmp_path,
+                          random_weights=True)
              for p in ("fp32", "bf16", "fp8")}
     profile = plans["fp8"].profiles[0]
     config = plans["fp8"].net_config
+
+    def activations(precision):
+        return activation_bytes(config, profile.width[2], profile.height[2], profile.batch[2], precision)
+
     # fp8 graphs keep activations in their 16-bit base between the Q/DQ pairs
-    assert activation_bytes(profile, config, "fp8") == activation_bytes(profile, config, "bf16")
-    assert activation_bytes(profile, config, "fp32") == 2 * activation_bytes(profile, config, "bf16")
+    assert activations("fp8") == activations("bf16")
+    assert activations("fp32") == 2 * activations("bf16")
     params = plans["fp8"].params
     quantized = fp8_params(config)
     assert 0.5 * params < quantized < params  # the big Linear layers; adaLN, embedders, heads stay 16-bit
-    assert weight_bytes(params, "fp8", config) == quantized + 2 * (params - quantized)
-    result = run("build", "--backbone", "flux2", "--ckpt", "2kto4k", "--precision", "fp8", "--dry-run",
+    assert plans["fp8"].weight_bytes == quantized + 2 * (params - quantized)
+    assert plans["bf16"].weight_bytes == 2 * params
+    result = run("build", "--backbone", "flux2", "--ckpt", "2kto4k", "--precision", "fp8", "--dry-run", "--random-weights",
                  "--engine-dir", str(tmp_path))
     assert f"{quantized:,} in FP8 Linear layers × 1 B" in result.output
