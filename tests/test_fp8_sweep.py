@@ -1,6 +1,6 @@
 """The FP8 sensitivity sweep (`pid-trt fp8-sweep`) and FP8 exports that keep named layers high (`--keep-high`).
 
-The planted outliers: eight large weights (1e6) in one input column of pixel_blocks.0.expand_from_attn, on a
+The planted outliers: eight large weights (3e4, finite in the fp16 base) in one input column of pixel_blocks.0.expand_from_attn, on a
 channel its input never fills (the matching row and bias of attn.proj are zeroed), so the fp32 net computes
 exactly what it did. FP8 scales each weight row by its largest value: those eight rows then keep their large
 weight and flush every other weight to zero, and the pixels they feed lose the attention branch. (Moderately
@@ -21,7 +21,7 @@ from pid_trt.fp8_sweep import Targets, read_layer_list, write_layer_list
 from pid_trt.tiny import tiny_net
 
 PLANTED = "pixel_blocks.0.expand_from_attn"
-TARGET_VELOCITY = 0.002  # measured: full FP8 0.0058, without the planted layer 0.0008; other layers alone <= 0.0007
+TARGET_VELOCITY = 0.002  # measured: full FP8 0.0031, without the planted layer 0.0009; other layers alone <= 0.0008
 
 
 def invoke(*args):
@@ -34,7 +34,7 @@ def planted_net():
     net = tiny_net(patch_depth=1, pixel_depth=1)
     proj, expand = net.get_submodule("pixel_blocks.0.attn.proj"), net.get_submodule(PLANTED)
     proj.weight[5], proj.bias[5] = 0.0, 0.0  # attention output channel 5 is always 0 ...
-    expand.weight[:8, 5] = 1e6  # ... so these weights change nothing in fp32
+    expand.weight[:8, 5] = 3e4  # ... so these weights change nothing in fp32 (3e4: finite in the fp16 base)
     return net
 
 

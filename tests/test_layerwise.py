@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from pid_trt.checkpoint import sha256_file
 from pid_trt.cli import _register, cli
 from pid_trt.errors import MissingDependencyError
 from pid_trt.export import export_onnx
+from pid_trt.integrity import sha256_file
 from pid_trt.layerwise import error_figures, match_nodes
 from pid_trt.tiny import tiny_net
 

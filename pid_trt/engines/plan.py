@@ -120,13 +120,13 @@ def make_plan(*, backbone: str | None, ckpt: str | None, precision: str | None, 
     """
     if not 0 <= opt_level <= 5:
         raise ConfigError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {opt_level}")
-    _weights_choice(onnx_dir, checkpoint, random_weights)
     manifest = read_manifest(onnx_dir, graphs=GRAPHS) if onnx_dir is not None else None
     in_manifest = (manifest.get("backbone"), manifest.get("ckpt")) if manifest is not None else (None, None)
     backbone = backbone or in_manifest[0]
     if backbone is None:
         raise ConfigError("pass --backbone (the ONNX manifest names none)")
     entry = resolve(backbone, ckpt or in_manifest[1] or "2k")
+    _weights_choice(onnx_dir, checkpoint, random_weights)
     if in_manifest[0] is not None:
         built = resolve(in_manifest[0], in_manifest[1] or "2k")
         if (entry.base_backbone, entry.ckpt) != (built.base_backbone, built.ckpt):

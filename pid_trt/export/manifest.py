@@ -56,6 +56,8 @@ def read_manifest(onnx_dir: str | pathlib.Path, *, graphs: Sequence[str] = (), v
     """
     onnx_dir = pathlib.Path(onnx_dir)
     path = onnx_dir / "manifest.json"
+    if not onnx_dir.exists():
+        raise PiDInputError(f"ONNX directory {onnx_dir} does not exist; create one with `pid-trt export`")
     if not path.is_file():
         raise PiDInputError(f"{onnx_dir} is not a pid-trt ONNX directory (no manifest.json); create one with "
                             "`pid-trt export`")

@@ -10,6 +10,7 @@ import torch
 
 from pid_trt.errors import PiDInputError
 from pid_trt.export import read_manifest
+from pid_trt.export.manifest import describe_weights, is_random
 from pid_trt.workflows.inputs import read_caption_embedding, read_latents
 from pid_trt.workflows.sources import Sources
 
@@ -91,7 +92,7 @@ def layerwise_parity(sources: Sources, candidate, inputs, step: int, *, compare:
     (torch block outputs too), a TensorRT candidate against ONNX Runtime on the graphs it was built from.
     `save_inputs` writes the evaluation's feeds (per-step graph to the file, cond beside it) for Polygraphy."""
     from pid_trt import layerwise as lw
-    from pid_trt.parity import backend_precision, no_tf32, trace_decode
+    from pid_trt.parity import no_tf32, trace_decode
     from pid_trt.runtime import PiDDecoder
 
     ref_net = sources.reference_net()[0]
@@ -112,7 +113,7 @@ def layerwise_parity(sources: Sources, candidate, inputs, step: int, *, compare:
             out["saved_inputs"][graph] = str(path)
     if not compare:
         return out
-    precision = backend_precision(candidate.backend)
+    precision = candidate.precision
     tolerance = lw.NODE_TOLERANCE[precision] if tolerance is None else tolerance
     if candidate.backend.name == "onnxruntime":
         ref_dir = sources.reference_export(reference_export, single="model" in graphs)
@@ -164,17 +165,17 @@ def run_fp8_sweep(*, backbone: str | None = None, ckpt: str | None = None, net_c
     from pid_trt.fp8_sweep import Fp8Sweep, Targets, write_layer_list
 
     net, info = build_net(backbone=backbone, ckpt=ckpt, net_config=net_config, checkpoint=checkpoint)
-    if info["weights_source"] == "random":
+    if is_random(info["weights"]):
         log.warning("no --checkpoint given: sweeping RANDOM weights of the official shape")
     with tempfile.TemporaryDirectory(prefix="pid-trt-fp8-sweep-") as tmp:
         onnx_dir = export_onnx(pathlib.Path(tmp) / "onnx", net=net, precision="fp8")
         report = Fp8Sweep(net, onnx_dir, targets=targets or Targets()).run(mode)
-    report["weights_source"] = info["weights_source"]
+    report["weights"] = info["weights"]
     if out is not None and report["keep_high"] is not None:
         e = report["keep_high_error"]
         summary = (f"pid-trt fp8-sweep ({mode}): {len(report['keep_high'])} of {report['layers']} FP8 Linear layers "
                    f"kept high; velocity {e['velocity_max_abs']:.3g}, u8 max {e['u8_max_abs']:g}, "
                    f"mean {e['u8_mean_abs']:.3g}")
-        write_layer_list(out, report["keep_high"], [summary, f"weights: {info['weights_source']}"])
+        write_layer_list(out, report["keep_high"], [summary, f"weights: {describe_weights(info['weights'])}"])
         report["out"] = str(out)
     return report

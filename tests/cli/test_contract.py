@@ -2,6 +2,8 @@
 made of `note:`/`warning:` lines with exactly one `error:` line last (README, "CLI")."""
 from __future__ import annotations
 
+import importlib
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -101,6 +103,7 @@ BAD_INPUT = {
     "embed": (["--text-encoder", "{tmp}", "a red fox"], "give --out"),
     "engines": (["{tmp}/missing"], "does not exist"),
     "export": (["--backbone", "no-such-backbone"], "no-such-backbone"),
+    "fp8-sweep": (["--backbone", "no-such-backbone"], "no-such-backbone"),
     "generate": (["--model-dir", "{tmp}/missing", "--prompt", "a fox", "--backbone", "flux", "--tiny",
                   "--caption-embedding", "{tmp}/y"], "does not exist"),
     "inspect": (["{tmp}/missing.pth"], "does not exist"),
@@ -128,19 +131,20 @@ def test_bad_input_is_exit_2(name, tmp_path, monkeypatch):
 # one unexpected failure per command: a library function raising RuntimeError is an internal error, exit 3
 INTERNAL = {
     "bench": ("pid_trt.workflows.checks.run_bench", []),
-    "build": ("pid_trt.engines.plan.make_plan", ["--backbone", "flux", "--dry-run"]),
+    "build": ("pid_trt.engines.plan.make_plan", ["--backbone", "flux", "--dry-run", "--random-weights"]),
     "decode": ("pid_trt.workflows.inputs.read_latents",
                ["--onnx-dir", "{tmp}", "--latents", "{tmp}", "--caption-embedding", "{tmp}/y"]),
     "demo": ("pid_trt.workflows.demo.run_demo", ["--out", "{tmp}/demo"]),
     "embed": ("pid_trt.text.embed_prompts", ["--text-encoder", "{tmp}", "a red fox", "--out", "{tmp}/y.safetensors"]),
     "engines": ("pid_trt.engines.store.list_engines", ["{tmp}"]),
     "export": ("pid_trt.export.export_onnx", ["--backbone", "flux", "--out", "{tmp}/onnx"]),
-    "generate": ("pid_trt.workflows.sources.open_decoder",
+    "fp8-sweep": ("pid_trt.workflows.checks.run_fp8_sweep", ["--backbone", "flux"]),
+    "generate": ("pid_trt.workflows.generate.check_pipeline_dir",
                  ["--model-dir", "{tmp}", "--prompt", "a fox", "--backbone", "flux", "--tiny",
                   "--caption-embedding", "{tmp}/y"]),
     "inspect": ("pid_trt.checkpoint.inspect_checkpoint", ["{tmp}/model_ema_bf16.pth"]),
     "parity": ("pid_trt.workflows.checks.check_parity", []),
-    "reconstruct": ("pid_trt.workflows.sources.open_decoder",
+    "reconstruct": ("pid_trt.vae.check_vae_dir",
                     ["--vae", "{tmp}", "--image", "{tmp}/y", "--backbone", "flux", "--tiny"]),
     "serve": ("pid_trt.serve.config.ServeConfig.parse", ["--onnx-dir", "{tmp}"]),
 }
@@ -156,7 +160,11 @@ def test_internal_errors_are_exit_3(name, tmp_path, monkeypatch):
     if name == "serve":
         pytest.importorskip("pydantic", reason="pid-trt serve validates its options with pydantic")
     (tmp_path / "y").write_bytes(b"")  # an existing file where one is needed
-    monkeypatch.setattr(target, _boom if name != "serve" else classmethod(_boom))
+    module, _, attr = target.rpartition(".")
+    try:  # by module object: pid_trt.workflows re-exports a function named like its module `generate`
+        monkeypatch.setattr(importlib.import_module(module), attr, _boom)
+    except ModuleNotFoundError:  # a class attribute
+        monkeypatch.setattr(target, classmethod(_boom))
     line = check_stderr(invoke(name, *[a.format(tmp=tmp_path) for a in args]), 3)
     assert line.startswith("error: internal error: RuntimeError: boom") and "rerun with -v" in line
 
@@ -176,7 +184,7 @@ def test_check_failed_is_exit_1(monkeypatch):
     assert res.exit_code == 1 and "FAIL" in res.stdout, res.output
 
 
-@pytest.mark.parametrize("args", [["engines", "{tmp}"], ["build", "--backbone", "flux", "--dry-run"],
+@pytest.mark.parametrize("args", [["engines", "{tmp}"], ["build", "--backbone", "flux", "--dry-run", "--random-weights"],
                                   ["parity", "--tiny-override", "patch_depth=2", "--tiny-override", "pixel_depth=1"]])
 def test_success_is_exit_0(args, tmp_path):
     res = invoke(*[a.format(tmp=tmp_path) for a in args])

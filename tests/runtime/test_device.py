@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from pid_trt.cli import _register, cli
 from pid_trt.errors import MissingDependencyError, PiDInputError
+from pid_trt.integrity import sha256_file
 from pid_trt.runtime import OnnxRuntimeBackend, resolve_device
 from pid_trt.runtime import backends as backends_mod
 from pid_trt.runtime import device as device_mod
@@ -83,6 +84,8 @@ def test_open_decoder_binds_the_decoders_gpu(monkeypatch):
 
     class Decoder:
         backend = Backend
+        entry = None
+        weights = {"source": "in-memory"}
 
     monkeypatch.setattr(sources.PiDDecoder, "from_net", lambda *a, **k: Decoder())
     monkeypatch.setattr(sources, "use_device", bound.append)
@@ -98,9 +101,10 @@ def identity_onnx_dir(tmp_path):
                               [helper.make_tensor_value_info("lq_feat_0", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(tmp_path / "cond.onnx"))
     manifest = {"format": "pid-trt-onnx", "format_version": 1, "net_config": tiny_config().to_dict(),
-                "precision": "fp32", "weights": {"sha256": "0"}, "sampler": {"kind": "distilled",
-                "t_lists": {str(n): [] for n in range(1, 9)}},
-                "graphs": {"cond": {"file": "cond.onnx", "sha256": "0", "inputs": [], "outputs": []}}}
+                "precision": "fp32", "weights": {"sha256": "0" * 64}, "sampler": {"kind": "distilled",
+                "t_lists": {str(n): [1.0, 0.0] for n in range(1, 9)}},
+                "graphs": {"cond": {"file": "cond.onnx", "sha256": sha256_file(tmp_path / "cond.onnx"),
+                                    "inputs": [], "outputs": []}}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return tmp_path
 
