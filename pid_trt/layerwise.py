@@ -79,7 +79,7 @@ def marked_model(path: pathlib.Path, external_data: bool = False):
 
 
 def run_onnxruntime(model, directory: pathlib.Path, feeds: Mapping[str, np.ndarray],
-                    providers: Sequence[str] = ("CPUExecutionProvider",), name: str = "onnxruntime",
+                    providers: Sequence = ("CPUExecutionProvider",), name: str = "onnxruntime",
                     external_data: bool = False) -> dict[str, np.ndarray]:
     """Every marked tensor of `model` for one evaluation on `feeds` (cast to the graph's input types), through
     Polygraphy's OnnxrtRunner and Comparator."""
@@ -374,13 +374,13 @@ def _graph_files(onnx_dir: pathlib.Path) -> dict[str, tuple[pathlib.Path, bool, 
     from pid_trt.export import read_manifest
 
     return {g: (onnx_dir / spec["file"], bool(spec.get("external_data")), [o["name"] for o in spec["outputs"]])
-            for g, spec in read_manifest(onnx_dir)["graphs"].items()}
+            for g, spec in read_manifest(onnx_dir, verify=True)["graphs"].items()}
 
 
 def compare_exports(candidate_dir: pathlib.Path, reference_dir: pathlib.Path,
                     feeds: Mapping[str, Mapping[str, np.ndarray]], tolerance: float, *,
                     reference_net: PiDNet | None = None,
-                    providers: Sequence[str] = ("CPUExecutionProvider",)) -> list[GraphComparison]:
+                    providers: Sequence = ("CPUExecutionProvider",)) -> list[GraphComparison]:
     """Each graph of the candidate export against the same graph of the reference export, every tensor marked,
     both in ONNX Runtime on the same feeds; with `reference_net`, also the torch blocks' outputs."""
     candidates, references = _graph_files(candidate_dir), _graph_files(reference_dir)
@@ -402,15 +402,15 @@ def compare_exports(candidate_dir: pathlib.Path, reference_dir: pathlib.Path,
 
 
 def compare_engine_graphs(onnx_dir: pathlib.Path, feeds: Mapping[str, Mapping[str, np.ndarray]],
-                          tolerance: float) -> list[GraphComparison]:
+                          tolerance: float, providers: Sequence = ("CUDAExecutionProvider", "CPUExecutionProvider")
+                          ) -> list[GraphComparison]:
     """TensorRT engines rebuilt from the export they were built from, every tensor marked, against ONNX Runtime
     on the same graphs and feeds (tensors keep their ONNX names in TensorRT, so pairs are by name)."""
     comparisons = []
     for graph, (path, external, _) in _graph_files(onnx_dir).items():
         model = marked_model(path, external)
         trt_out = run_tensorrt(path, feeds[graph])
-        ort_out = run_onnxruntime(model, onnx_dir, feeds[graph], ("CUDAExecutionProvider", "CPUExecutionProvider"),
-                                  "reference", external)
+        ort_out = run_onnxruntime(model, onnx_dir, feeds[graph], providers, "reference", external)
         comparisons.append(compare_tensors(graph, model.graph, model.graph, trt_out, ort_out, tolerance))
     return comparisons
 

@@ -300,7 +300,8 @@ def _check_memory(local_dir: pathlib.Path, config: object, n_chi: int, text_leng
     if need(text_length) > budget:
         best = memory.largest(lambda length: need(length) <= budget, text_length)
         raise PiDInputError(f"a text length of {text_length} needs about {memory.amount(need(text_length))} for the "
-                            f"text encoder on {device}, which has {memory.amount(max(budget, 0))} free after the weights; "
+                            f"text encoder on {device}, which has {memory.amount(max(budget, 0))} free after the "
+                            "weights; "
                             + (f"the largest --max-length that fits is {best}" if best >= 2 else
                                "free memory or use another device"))
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with pid-trt installed from this checkout (editable) plus the extras named in $1 ("test" for
-# scripts/test.sh; none for the demo). torch 2.13.0 is installed first, so that no other package pulls a multi-GB
+# scripts/test.sh, "onnxruntime" for the demo). torch 2.13.0 is installed first, so that no other package pulls a multi-GB
 # CUDA build (on a GPU box an existing CUDA torch in the venv is kept). pip stays quiet unless it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 """The FP8 sensitivity sweep (`pid-trt fp8-sweep`) and FP8 exports that keep named layers high (`--keep-high`).
 
-The planted outliers: eight large weights (3e4, finite in the fp16 base) in one input column of pixel_blocks.0.expand_from_attn, on a
-channel its input never fills (the matching row and bias of attn.proj are zeroed), so the fp32 net computes
+The planted outliers: eight large weights (3e4, finite in the fp16 base) in one input column of
+pixel_blocks.0.expand_from_attn, on a channel its input never fills (the matching row and bias of attn.proj are zeroed), so the fp32 net computes
 exactly what it did. FP8 scales each weight row by its largest value: those eight rows then keep their large
 weight and flush every other weight to zero, and the pixels they feed lose the attention branch. (Moderately
 large weights do not do this: E4M3 is a float format, so per-channel scales keep every weight within 6 %;

@@ -32,6 +32,15 @@ public:
         if (!value.is_object()) fail("field '" + where(key) + "' must be an object");
         return Reader(value, where(key), origin_);
     }
+    // A file name relative to the sidecar's directory that stays inside it (no absolute path, no '..').
+    std::string inside_file(const std::string& key) const {
+        const std::string name = string(key);
+        const std::filesystem::path path(name);
+        bool escapes = name.empty() || path.is_absolute() || path.has_root_name();
+        for (const auto& part : path) escapes = escapes || part == "..";
+        if (escapes) fail("field '" + where(key) + "' must name a file inside the engine directory, not '" + name + "'");
+        return name;
+    }
     std::string string(const std::string& key) const {
         const json& value = field(key);
         if (!value.is_string()) fail("field '" + where(key) + "' must be a string");
@@ -201,8 +210,8 @@ Sidecar parse_sidecar(const std::string& json_text, const std::string& origin) {
     sc.text_embed_dim = text.positive_int("embed_dim");
     parse_sampler(root, sc);
     const Reader engines = root.object("engines");
-    sc.cond_engine_file = engines.object("cond").string("file");
-    sc.denoise_engine_file = engines.object("denoise").string("file");
+    sc.cond_engine_file = engines.object("cond").inside_file("file");
+    sc.denoise_engine_file = engines.object("denoise").inside_file("file");
     parse_profiles(root, sc);
     if (doc.contains("tensorrt_version") && doc["tensorrt_version"].is_string())
         sc.tensorrt_version = doc["tensorrt_version"].get<std::string>();

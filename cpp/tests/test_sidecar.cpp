@@ -149,6 +149,13 @@ TEST(bad_values) {
     doc = fixture();
     doc["profiles"] = json::array();
     expect_format_error(doc, "'profiles' must be a non-empty list");
+
+    doc = fixture();
+    doc["engines"]["cond"]["file"] = "../elsewhere/pid.cond.engine";
+    expect_format_error(doc, "'engines.cond.file' must name a file inside the engine directory");
+    doc = fixture();
+    doc["engines"]["denoise"]["file"] = "/abs/pid.denoise.engine";
+    expect_format_error(doc, "'engines.denoise.file' must name a file inside the engine directory");
 }
 
 TEST(teacher_engines_are_refused) {

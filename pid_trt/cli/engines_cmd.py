@@ -28,7 +28,7 @@ def command(engine_dir: pathlib.Path, json_out: str | None) -> None:
         emit_json([dict(zip(_COLUMNS, r)) for r in rows], json_out)
         return
     if not rows:
-        result(f"no engines in {engine_dir} (build some with: pid-trt build --backbone B --ckpt C)")
+        result(f"no engines in {engine_dir} (build some with: pid-trt build --backbone B --ckpt C --checkpoint FILE)")
         return
     widths = [max(len(str(r[i])) for r in [_COLUMNS, *rows]) for i in range(len(_COLUMNS) - 1)]
     for r in [_COLUMNS, *rows]:

@@ -14,7 +14,7 @@ from pid_trt.engines.detect import GpuInfo, gpu_info, tensorrt_version
 from pid_trt.engines.plan import BuildPlan, check_memory
 from pid_trt.engines.profiles import input_shapes
 from pid_trt.engines.store import FORMAT, FORMAT_VERSION, GRAPHS, EngineStore, find_engine, gpu_model_note
-from pid_trt.export.manifest import fp8_id, is_random, read_manifest, weights_id
+from pid_trt.export.manifest import fp8_id, io_blocks, is_random, read_manifest, weights_id
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def make_sidecar(plan: BuildPlan, manifest: dict[str, Any], trt_version: str, gp
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "pid_trt_version": VERSION, "name": "",
         "backbone": plan.backbone, "ckpt": plan.entry.ckpt, "net_definition": manifest.get("net_definition"),
-        "precision": plan.precision, "net_config": manifest["net_config"], "latent": manifest.get("latent"),
-        "text": manifest.get("text"), "sampler": manifest["sampler"],
+        "precision": plan.precision, "net_config": manifest["net_config"],
+        **io_blocks(NetConfig.from_dict(manifest["net_config"])), "sampler": manifest["sampler"],
         "engines": {g: {"file": "", "sha256": "", "onnx_sha256": manifest["graphs"][g]["sha256"],
                         "inputs": io(manifest["graphs"][g]["inputs"]), "outputs": io(manifest["graphs"][g]["outputs"])}
                     for g in GRAPHS},

@@ -243,9 +243,11 @@ class EngineLookup:
 def find_engine(engine_dir: str | pathlib.Path, backbone: str, ckpt: str, precision: str, *,
                 trt_version: str | None, compute_capability: str | None,
                 onnx_manifest: dict[str, Any] | None = None, width: int | None = None, height: int | None = None,
-                batch: int | None = None, name: str | None = None, weights: str | None = None) -> EngineLookup:
+                batch: int | None = None, name: str | None = None, weights: str | None = None,
+                fp8: str | None = None) -> EngineLookup:
     """Find a usable engine for (backbone, ckpt, precision), or for one engine `name`; every candidate that
-    cannot be used is listed with its reasons. `weights`: only engines of this weights identity.
+    cannot be used is listed with its reasons. `weights`: only engines of this weights identity; `fp8`: only
+    engines of this FP8 quantization identity (`fp8_id`).
 
     Among usable engines, one with a static profile of exactly width×height wins (static-shape kernels).
     """
@@ -262,6 +264,8 @@ def find_engine(engine_dir: str | pathlib.Path, backbone: str, ckpt: str, precis
                                         onnx_manifest=onnx_manifest, width=width, height=height, batch=batch)
             if weights is not None and sidecar_weights_id(item.sidecar) != weights:
                 reasons.append(f"built from weights {sidecar_weights_id(item.sidecar) or 'unknown'}, not {weights}")
+            if fp8 is not None and item.sidecar.get("fp8_id") != fp8:
+                reasons.append(f"FP8 quantization {item.sidecar.get('fp8_id') or 'unknown'}, not {fp8}")
         if reasons:
             rejected[item.name] = reasons
         else:

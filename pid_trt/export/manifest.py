@@ -46,6 +46,13 @@ def sampler_block(entry: Entry | None) -> dict[str, Any]:
                                     "static": entry.shift}}}
 
 
+def io_blocks(config: NetConfig) -> dict[str, dict[str, int]]:
+    """The `latent` and `text` blocks of manifests and sidecars: what a runtime feeds the net, without the net."""
+    return {"latent": {"channels": config.lq_latent_channels, "down_factor": config.latent_spatial_down_factor,
+                       "sr_scale": config.sr_scale},
+            "text": {"max_length": config.txt_max_length, "embed_dim": config.txt_embed_dim}}
+
+
 def read_manifest(onnx_dir: str | pathlib.Path, *, graphs: Sequence[str] = (), verify: bool = False) -> dict[str, Any]:
     """The manifest of an ONNX directory, validated against its JSON Schema, its graph files inside the directory
     and present.

@@ -24,7 +24,7 @@ from pid_trt.config import EXPORT_PRECISIONS, VERSION, match_net_definition
 from pid_trt.errors import PiDInputError
 from pid_trt.export.fp8 import BASE_PRECISIONS, DEFAULT_BASE, Calibration, calibrate, check_keep_high, quantize_fp8
 from pid_trt.export.graphs import CondGraph, DenoiseGraph, SingleGraph, export_view, feature_names, precision_policy
-from pid_trt.export.manifest import FORMAT, FORMAT_VERSION, is_random, sampler_block, weights_id
+from pid_trt.export.manifest import FORMAT, FORMAT_VERSION, io_blocks, is_random, sampler_block, weights_id
 from pid_trt.integrity import file_sha256, sha256_file
 from pid_trt.model import PiDNet
 from pid_trt.registry import resolve
@@ -269,9 +269,7 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
             "backbone": info["backbone"], "ckpt": info["ckpt"], "net_definition": info["net_definition"],
             "net_config": config.to_dict(), "precision": precision,
             "weights": weights,
-            "latent": {"channels": config.lq_latent_channels, "down_factor": config.latent_spatial_down_factor,
-                       "sr_scale": config.sr_scale},
-            "text": {"max_length": config.txt_max_length, "embed_dim": config.txt_embed_dim},
+            **io_blocks(config),
             "sampler": sampler,
             "opset": OPSET, "graphs": graphs, "export_seconds": round(time.perf_counter() - t0, 1),
         }

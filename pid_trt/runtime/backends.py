@@ -72,6 +72,14 @@ def _onnxruntime():
     return onnxruntime
 
 
+def onnxruntime_device(device: str | torch.device | None = None) -> torch.device:
+    """The device an ONNX Runtime backend runs on: `device` as `resolve_device` reads it; None: the GPU
+    `resolve_device` picks when this ONNX Runtime has its CUDA provider, else the CPU."""
+    if device is None and "CUDAExecutionProvider" not in _onnxruntime().get_available_providers():
+        return torch.device("cpu")
+    return resolve_device(None if device is None else str(device))
+
+
 def ort_session(model: pathlib.Path | bytes, providers: Sequence = ("CPUExecutionProvider",), threads: int = 0):
     """An ONNX Runtime session on a model file (or serialized model) with pid-trt's session options; `providers`
     as ONNX Runtime takes them (names, or (name, options) pairs)."""
@@ -118,14 +126,13 @@ class OnnxRuntimeBackend:
         # the files ONNX Runtime reads are checked first: inside the directory, unchanged since export, finite
         self.manifest = read_manifest(self.dir, verify=True)
         self.net_config = NetConfig.from_dict(self.manifest["net_config"])
-        if device is None and "CUDAExecutionProvider" not in ort.get_available_providers():
-            device = "cpu"
         self.weights, self.precision = self.manifest["weights"], self.manifest["precision"]
-        self.device = resolve_device(None if device is None else str(device))
-        providers: list = ["CPUExecutionProvider"]
+        self.device = onnxruntime_device(device)
+        # with their options (the GPU's index): layer-wise parity opens its sessions with the same providers
+        self.session_providers: list = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index}))
-        self.sessions = {name: ort_session(self.dir / graph["file"], providers, threads)
+            self.session_providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index}))
+        self.sessions = {name: ort_session(self.dir / graph["file"], self.session_providers, threads)
                          for name, graph in self.manifest["graphs"].items()}
         # what actually runs: ORT falls back to the CPU when CUDA is unusable, and logs it only
         self.providers = next(iter(self.sessions.values())).get_providers()

@@ -119,6 +119,8 @@ class PiDDecoder:
         budget = memory.available_bytes(dev)
         if dev.type == "cuda":  # torch's cache holds memory the decode can reuse
             budget += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        # TensorRT engines hold their activation scratch from load on: the estimate's activations live there
+        budget += getattr(self.backend, "held_activation_bytes", 0)
         memory.check_fits(self.net_config, width, height, batch * (2 if guided else 1), self.precision, budget,
                           f"{dev} ({self.backend.name})", text_len=text_len)
 

@@ -116,6 +116,7 @@ class TensorRTBackend:
             size = max(e.engine.device_memory_size_v2 for e in (self.cond_engine, self.denoise_engine))
             scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
         self.cond_engine.scratch = self.denoise_engine.scratch = scratch
+        self.held_activation_bytes = scratch.numel()  # allocated already: a decode's activations live in it
         self._feature_names = self.cond_engine.outputs
         note = gpu_model_note(self.sidecar, torch.cuda.get_device_name(self.device))
         if note:
@@ -135,18 +136,20 @@ class TensorRTBackend:
         if checkpoint is not None:
             wanted = file_sha256(checkpoint)[:8]
             finished = [s for s in finished if sidecar_weights_id(s) in (wanted, None)]
-        choices = sorted({(s["backbone"], s["ckpt"], s["precision"], sidecar_weights_id(s) or "unknown")
-                          for s in finished if precision in (None, s["precision"])})
+        choices = sorted({(s["backbone"], s["ckpt"], s["precision"], sidecar_weights_id(s) or "unknown",
+                           s.get("fp8_id") or "") for s in finished if precision in (None, s["precision"])})
         if len(choices) != 1:
-            found = ", ".join(f"{b} {c} {p} weights {w}" for b, c, p, w in choices) or "none"
+            found = ", ".join(f"{b} {c} {p} weights {w}" + (f" fp8 {q}" if q else "")
+                              for b, c, p, w, q in choices) or "none"
             raise PiDInputError(f"{engine_dir}: {len(choices)} matching engine sets ({found}); pass --backbone/"
-                                "--ckpt, the precision or --checkpoint (the weights) to choose one")
-        backbone, ckpt, precision, weights = choices[0]
+                                "--ckpt, the precision or --checkpoint (the weights) to choose one, and keep FP8 "
+                                "engines of different keep-high lists in separate --engine-dir folders")
+        backbone, ckpt, precision, weights, fp8 = choices[0]
         resolved = resolve_device(None if device is None else str(device))
         trt_version, gpu = detect_local(resolved.index if resolved.type == "cuda" else None)
         lookup = find_engine(engine_dir, backbone, ckpt, precision, trt_version=trt_version,
                              compute_capability=gpu.compute_capability if gpu else None,
-                             weights=None if weights == "unknown" else weights)
+                             weights=None if weights == "unknown" else weights, fp8=fp8 or None)
         path = lookup.require()
         if checkpoint is not None:
             sidecar = lookup.sidecar
@@ -161,9 +164,11 @@ class TensorRTBackend:
             return (static + dynamic)[0]
         ranges = ", ".join(p.describe() for p in self.profiles)
         if any(p.covers(width, height) for p in self.profiles):
-            guided = " (a guided teacher decode runs batch 2B)" if self.sidecar["sampler"]["kind"] == "teacher" else ""
+            teacher = self.sidecar["sampler"]["kind"] == "teacher"
+            guided = " (a guided teacher decode runs batch 2B)" if teacher else ""
+            images = batch // 2 if teacher else batch  # build doubles a teacher's batch range itself
             raise PiDInputError(f"batch {batch}{guided} lies outside every engine profile ({ranges}); rebuild with "
-                                f"pid-trt build --batch 1:{batch}")
+                                f"pid-trt build --batch 1:{images}")
         raise PiDInputError(f"{width}x{height} lies outside every engine profile ({ranges}); rebuild with "
                             f"pid-trt build --size {width}x{height}")
 

@@ -69,8 +69,9 @@ def check_parity(*, backend: str | None = None, reference_checkpoint: pathlib.Pa
         precision = candidate.precision
         tolerance = tolerance_for(precision, against)
         noise_for = PiDDecoder.from_net(ref_net, candidate.backend.device, cuda_graph=False).noise_for
+        fixed = getattr(candidate.backend, "text_length", None)  # TensorRT engines take one caption length
         inputs = make_inputs(candidate.net_config, noise_for, seed=seed, size=size, batch=batch, sigma=sigma,
-                             steps=steps, **given)
+                             steps=steps, **({"text_len": fixed} if fixed else {}), **given)
         report = run_parity(candidate, ref_net, inputs, tolerance)
         if layerwise or save_inputs is not None:
             report["layerwise"] = layerwise_parity(sources, candidate, inputs, report["first_divergent_step"] or 1,
@@ -118,10 +119,13 @@ def layerwise_parity(sources: Sources, candidate, inputs, step: int, *, compare:
     if candidate.backend.name == "onnxruntime":
         ref_dir = sources.reference_export(reference_export, single="model" in graphs)
         comparisons = lw.compare_exports(onnx_dir, ref_dir, feeds, tolerance, reference_net=ref_net,
-                                         providers=candidate.backend.providers)
+                                         providers=candidate.backend.session_providers)
         pair = f"ONNX Runtime {precision} graphs vs a fresh fp32 export of the reference weights"
     else:
-        comparisons = lw.compare_engine_graphs(onnx_dir, feeds, tolerance)
+        device = candidate.backend.device  # TensorRT and ONNX Runtime on the engines' GPU
+        with torch.cuda.device(device):
+            comparisons = lw.compare_engine_graphs(onnx_dir, feeds, tolerance, providers=[
+                ("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"])
         pair = f"TensorRT {precision} engine rebuilt with every tensor marked vs ONNX Runtime on its graphs"
     return {**out, **lw.summarize(comparisons, tolerance, pair)}
 

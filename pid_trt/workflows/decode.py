@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 # Caption embeddings: one tensor [1 or N, L, D] indexed by global sample index (row 0 for all when 1),
 # or a mapping global index -> [L, D] / [1, L, D] (what a rank encodes for its own samples).
 Captions = torch.Tensor | Mapping[int, torch.Tensor]
-log = logging.getLogger(__name__)
 
 
 def output_tag(decoder: PiDDecoder, options: SamplerOptions, backbone: str | None = None) -> str:

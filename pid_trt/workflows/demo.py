@@ -70,8 +70,11 @@ def _reusable(onnx_dir: pathlib.Path, previous_report: pathlib.Path, key: dict[s
         return False
 
 
-def _decoder(onnx_dir: pathlib.Path, engine_dir: pathlib.Path, size_wh: tuple[int, int]) -> PiDDecoder:
-    if tensorrt_available():
+def _decoder(onnx_dir: pathlib.Path, engine_dir: pathlib.Path, size_wh: tuple[int, int], fixed_caption: bool
+             ) -> PiDDecoder:
+    """TensorRT engines where TensorRT runs and the recorded caption has the length engines take
+    (`fixed_caption`), else ONNX Runtime."""
+    if tensorrt_available() and fixed_caption:
         from pid_trt.engines.build import run_build
         from pid_trt.engines.plan import make_plan
 
@@ -80,7 +83,8 @@ def _decoder(onnx_dir: pathlib.Path, engine_dir: pathlib.Path, size_wh: tuple[in
         log.info("building TensorRT engines for %dx%d in %s (once)", *size_wh, engine_dir)
         run_build(plan)
         return PiDDecoder.load(engine_dir, backend="tensorrt")
-    log.info("TensorRT is not available here: decoding with ONNX Runtime")
+    log.info("decoding with ONNX Runtime (TensorRT is not available here, or its engines cannot take the recorded "
+             "caption's length)")
     return PiDDecoder.load(onnx_dir, backend="onnxruntime")
 
 
@@ -120,7 +124,7 @@ def run_demo(out_dir: str | pathlib.Path) -> dict[str, Any]:
     t_export = time.perf_counter() - t0
 
     height, width = rec["output"].shape[-2:]
-    decoder = _decoder(onnx_dir, out / "engines", (width, height))
+    decoder = _decoder(onnx_dir, out / "engines", (width, height), rec["y"].shape[1] == config.text_limit)
     noise = [rec["x_init"]] + [rec[f"noise_{i}"] for i in range(1, STEPS)]
     states: dict[int, torch.Tensor] = {}
     t1 = time.perf_counter()

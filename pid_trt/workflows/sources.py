@@ -21,6 +21,7 @@ from pid_trt.errors import PiDInputError
 from pid_trt.export.manifest import check_weights, is_random, read_manifest
 from pid_trt.registry import Entry
 from pid_trt.runtime import PiDDecoder, resolve_device, use_device
+from pid_trt.runtime.backends import onnxruntime_device
 from pid_trt.sampler import SamplerOptions
 from pid_trt.tiny import DEFAULT_STRUCTURE, tiny_config
 
@@ -88,18 +89,19 @@ def describe_source(*, engine_dir: pathlib.Path | None = None, onnx_dir: pathlib
             check_weights(m["weights"], checkpoint, f"ONNX export {onnx_dir}", m["net_config"])
         entry = entry or (resolve(m["backbone"], m["ckpt"] or "2k") if m.get("backbone") else None)
         files = [n for g in m["graphs"].values() for n in (g["file"], g.get("external_data"))]
-        return SourceInfo(NetConfig.from_dict(m["net_config"]), entry, m["precision"],
-                          device if str(device or "cpu").startswith("cuda") else "cpu", _files_size(onnx_dir, files))
+        return SourceInfo(NetConfig.from_dict(m["net_config"]), entry, m["precision"], str(onnxruntime_device(device)),
+                          _files_size(onnx_dir, files))
     if engine_dir is not None:
+        engine_device = torch_device if torch_device.startswith("cuda") else "cuda"  # loading reports a missing GPU
         sidecars = [e.sidecar for e in EngineStore(engine_dir).scan() if e.sidecar is not None]
         if entry is not None:
             sidecars = [s for s in sidecars if (s["backbone"], s["ckpt"]) == canonical_names(backbone, ckpt or "2k")]
         if not sidecars:  # loading says why
-            return SourceInfo(entry.net.config if entry else NetConfig(), entry, "fp32", "cuda", 0)
+            return SourceInfo(entry.net.config if entry else NetConfig(), entry, "fp32", engine_device, 0)
         s = sidecars[0]
         entry = entry or (resolve(s["backbone"], s["ckpt"]) if s.get("backbone") else None)
         files = [spec["file"] for spec in s["engines"].values()]
-        return SourceInfo(NetConfig.from_dict(s["net_config"]), entry, s["precision"], "cuda",
+        return SourceInfo(NetConfig.from_dict(s["net_config"]), entry, s["precision"], engine_device,
                           _files_size(engine_dir, files))
     if entry is None:
         raise PiDInputError(f"{'--tiny' if tiny else 'a checkpoint'} needs --backbone (and --ckpt) to know its net")

@@ -184,7 +184,8 @@ def test_check_failed_is_exit_1(monkeypatch):
     assert res.exit_code == 1 and "FAIL" in res.stdout, res.output
 
 
-@pytest.mark.parametrize("args", [["engines", "{tmp}"], ["build", "--backbone", "flux", "--dry-run", "--random-weights"],
+@pytest.mark.parametrize("args", [["engines", "{tmp}"],
+                                  ["build", "--backbone", "flux", "--dry-run", "--random-weights"],
                                   ["parity", "--tiny-override", "patch_depth=2", "--tiny-override", "pixel_depth=1"]])
 def test_success_is_exit_0(args, tmp_path):
     res = invoke(*[a.format(tmp=tmp_path) for a in args])

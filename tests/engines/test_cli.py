@@ -144,6 +144,6 @@ def test_fp8_memory_estimate(tmp_path):
     assert 0.5 * params < quantized < params  # the big Linear layers; adaLN, embedders, heads stay 16-bit
     assert plans["fp8"].weight_bytes == quantized + 2 * (params - quantized)
     assert plans["bf16"].weight_bytes == 2 * params
-    result = run("build", "--backbone", "flux2", "--ckpt", "2kto4k", "--precision", "fp8", "--dry-run", "--random-weights",
-                 "--engine-dir", str(tmp_path))
+    result = run("build", "--backbone", "flux2", "--ckpt", "2kto4k", "--precision", "fp8", "--dry-run",
+                 "--random-weights", "--engine-dir", str(tmp_path))
     assert f"{quantized:,} in FP8 Linear layers × 1 B" in result.output

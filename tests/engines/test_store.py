@@ -116,6 +116,9 @@ def test_find_engine_explains_rejections(built):
 
     fp8 = find_engine(plan.engine_dir, "flux2", "2kto4k", "fp8", trt_version=TRT, compute_capability="9.0")
     assert not fp8.found and not fp8.rejected
+    same_quantization = find_engine(plan.engine_dir, "flux2", "2kto4k", "bf16", trt_version=TRT,
+                                    compute_capability="9.0", fp8="0badcafe")
+    assert not same_quantization.found and "FP8 quantization unknown, not 0badcafe" in same_quantization.rejected[name]
     missing = plan.engine_dir / f"{name}.denoise.engine"
     missing.unlink()
     gone = find_engine(plan.engine_dir, "flux2", "2kto4k", "bf16", trt_version=TRT, compute_capability="9.0")
