@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fresh machine → pid-trt in .venv (runtime dependencies only), then `pid-trt demo`: a decode recorded from NVIDIA's
+# Fresh machine → pid-trt in .venv (runtime dependencies and ONNX Runtime), then `pid-trt demo`: a decode recorded from NVIDIA's
 # implementation reproduced through pid-trt's ONNX export, written to pid-trt-demo/. No downloads besides packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."

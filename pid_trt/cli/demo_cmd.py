@@ -14,7 +14,7 @@ from pid_trt.cli.options import command, emit_json, json_option, out_option, res
 @click.pass_context
 def command(ctx: click.Context, out: pathlib.Path, json_out: str | None) -> None:
     """Decode a case recorded from NVIDIA's implementation (shipped tiny weights, latent, caption and noise) through
-    the exported ONNX graphs with the best backend here, and check it matches upstream's output.
+    the exported ONNX graphs in ONNX Runtime, and check it matches upstream's output.
 
     Exit status 0 when it matches, 1 when it does not. A rerun reuses the export.
     """
