@@ -1,7 +1,7 @@
 """pid-trt: export, build and run NVIDIA's PiD pixel diffusion decoder.
 
-The heavy parts (torch and everything built on it) load on first use, so `import pid_trt.cli` and
-`pid-trt --help` stay fast.
+The heavy parts (torch and everything built on it) load on first use, so the command line starts and
+`pid-trt --help` answers fast.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m pid_trt`: the `pid-trt` command line (also what torchrun runs)."""
-from pid_trt.cli import main
+"""`python -m pid_trt` (what torchrun runs): the command line, which lives on top in pid_trt.cli."""
+import runpy
 
-main()
+runpy.run_module("pid_trt.cli", run_name="__main__", alter_sys=True)
