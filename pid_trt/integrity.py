@@ -93,9 +93,11 @@ def remembered(path: str | pathlib.Path, fact: str, compute: Callable[[], Any]) 
     """A fact about the file (`compute()` once per file identity; an exception caches nothing)."""
     path = pathlib.Path(path)
     facts = _facts(path)[2]
-    if fact not in facts:
-        _remember(path, fact, compute())
-    return _facts(path)[2][fact]
+    if fact in facts:
+        return facts[fact]
+    value = compute()
+    _remember(path, fact, value)
+    return value
 
 
 def sha256_file(path: str | pathlib.Path, chunk: int = 1 << 24) -> str:

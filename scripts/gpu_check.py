@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from pid_trt.bench import bench_inputs, decode_flops, peak_memory, percentile, time_ms
+from pid_trt.parity import image_metrics
 from pid_trt.runtime import PiDDecoder
 
 FULL_SIZES = ("1024x1024", "2048x2048", "4096x3072")
@@ -135,8 +136,8 @@ def torch_part(args, device: torch.device, t0: float) -> dict:
 # -- part 2: TensorRT engines --------------------------------------------------------------------------------
 
 def _u8_diff(a: torch.Tensor, b: torch.Tensor) -> dict:
-    d = (a.to("cpu", torch.int16) - b.to("cpu", torch.int16)).abs().double()
-    return {"u8_max_abs": float(d.max()), "u8_mean_abs": float(d.mean())}
+    m = image_metrics(a.cpu(), b.cpu())
+    return {k: m[k] for k in ("u8_max_abs", "u8_mean_abs")}  # psnr is inf when identical: not JSON
 
 
 def _tool() -> pathlib.Path | None:

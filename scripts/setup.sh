@@ -22,4 +22,7 @@ quiet_pip() {
 quiet_pip -U pip
 .venv/bin/python -c "import torch" 2>/dev/null || quiet_pip torch==2.13.0
 quiet_pip -e ".${extras:+[$extras]}"
-.venv/bin/python -c "import pid_trt, torch, onnxruntime; print(f'.venv: pid-trt {pid_trt.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}')"
+.venv/bin/python -c "
+import importlib.util, pid_trt, torch
+ort = importlib.import_module('onnxruntime').__version__ if importlib.util.find_spec('onnxruntime') else 'not installed'
+print(f'.venv: pid-trt {pid_trt.__version__}, torch {torch.__version__}, onnxruntime {ort}')"

@@ -3,7 +3,18 @@ from __future__ import annotations
 
 import click
 
-from pid_trt.cli.options import DIR, FILE, command, emit_json, json_option, net_options, note, result, size_option
+from pid_trt.cli.options import (
+    DIR,
+    FILE,
+    command,
+    emit_json,
+    json_option,
+    net_config_option,
+    net_options,
+    note,
+    result,
+    size_option,
+)
 from pid_trt.config import DEFAULT_ENGINE_DIR, ENGINE_PRECISIONS
 
 
@@ -32,8 +43,7 @@ from pid_trt.config import DEFAULT_ENGINE_DIR, ENGINE_PRECISIONS
               help="TensorRT builder optimization level.")
 @click.option("--workspace-gb", type=click.FloatRange(min=0, min_open=True),
               help="Workspace memory-pool limit (default: TensorRT's, the device memory).")
-@click.option("--net-config", type=click.Path(exists=True, dir_okay=False),
-              help="JSON of PidNet keyword arguments overriding the backbone's net (used when exporting).")
+@net_config_option("JSON of PidNet keyword arguments overriding the backbone's net (used when exporting).")
 @click.option("--force", is_flag=True, help="Rebuild even when a usable engine of the same name exists.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (ONNX, profiles, engine names, memory) and stop.")
 @json_option("With --dry-run: the plan as JSON on stdout, or written to FILE.")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from pid_trt.cli.options import FILE, command, emit_json, export_net_options, json_option, result
+from pid_trt.cli.options import command, emit_json, export_net_options, json_option, out_option, result
 
 
 @command("fp8-sweep")
@@ -14,8 +14,7 @@ from pid_trt.cli.options import FILE, command, emit_json, export_net_options, js
               help="Largest velocity difference from the fp32 reference [default: fp8 parity's, 0.01].")
 @click.option("--target-u8", type=click.FloatRange(min=0), default=None,
               help="Largest image difference in u8 levels [default: fp8 parity's, 2].")
-@click.option("--out", "-o", "out", type=FILE,
-              help="Write the keep-high list here (for `pid-trt export --precision fp8 --keep-high-file`).")
+@out_option(file=True, help="Write the keep-high list here (for `pid-trt export --precision fp8 --keep-high-file`).")
 @json_option("The sweep report: JSON on stdout, or written to FILE.")
 @click.pass_context
 def command(ctx: click.Context, backbone, ckpt, net_config, checkpoint, mode, target_velocity, target_u8, out,

@@ -52,10 +52,9 @@ def command(model_dir, prompt, prompt_file, size, ldm_steps, guidance_scale, sav
 
     from pid_trt.atomic import check_writable
     from pid_trt.errors import PiDInputError
-    from pid_trt.workflows.decode import load_captions, my_share, output_tag, weights_summary, write_summary
-    from pid_trt.workflows.generate import check_pipeline_dir, generate, ldm_settings, ldm_size, load_pipeline
+    from pid_trt.workflows.decode import load_captions, output_tag, weights_summary, write_summary
+    from pid_trt.workflows.generate import generate, ldm_settings, load_pipeline, preflight
     from pid_trt.workflows.inputs import read_prompt_file
-    from pid_trt.workflows.sources import describe_source
 
     if (prompt is None) == (prompt_file is None):
         raise PiDInputError("give either --prompt TEXT or --prompt-file FILE")
@@ -68,13 +67,8 @@ def command(model_dir, prompt, prompt_file, size, ldm_steps, guidance_scale, sav
     # fail before loading anything large
     out = out or pathlib.Path("results/official_demo") / backbone
     check_writable(out)
-    check_pipeline_dir(model_dir, backbone)
-    indices = my_share(len(prompts), "prompt")
-    info = describe_source(**source_from(source))
-    options = info.options(steps, cfg, shift)
     ldm_steps, guidance_scale = ldm_settings(backbone, ldm_steps, guidance_scale, save_xt_steps)
-    ldm_size(backbone, size, info.net_config.sr_scale)
-    info.check_request([size])
+    indices, _, options = preflight(model_dir, len(prompts), size, steps, cfg, shift, **source_from(source))
     captions, negative = load_captions(prompts, indices, caption_embedding=caption_embedding,
                                        text_encoder=text_encoder, negative_embedding=negative_embedding,
                                        teacher=options.sampler == "teacher")

@@ -188,12 +188,17 @@ def net_options(fn: Callable) -> Callable:
     ])(fn)
 
 
+def net_config_option(help: str) -> Callable:
+    """`--net-config FILE`: a flat JSON dict of upstream PidNet kwargs (custom nets)."""
+    return click.option("--net-config", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
+                        help=help)
+
+
 def export_net_options(fn: Callable) -> Callable:
     """The net an export (or the FP8 sweep) is made from: --backbone/--ckpt or --net-config, and --checkpoint."""
     return _options([
         net_options,
-        click.option("--net-config", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path),
-                     help="Flat JSON dict of upstream PidNet kwargs (custom nets; replaces --backbone/--ckpt)."),
+        net_config_option("Flat JSON dict of upstream PidNet kwargs (custom nets; replaces --backbone/--ckpt)."),
         click.option("--checkpoint", type=FILE,
                      help="model_ema_bf16.pth or .safetensors; without it, random weights of the official shape."),
     ])(fn)

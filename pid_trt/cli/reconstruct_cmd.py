@@ -42,17 +42,9 @@ def command(vae_dir, image, manifest, caption, sigmas, seed, caption_embedding, 
     """Image → VAE → PiD (upstream's from_clean), scored against the input."""
     from pid_trt.atomic import check_writable
     from pid_trt.errors import PiDInputError
-    from pid_trt.vae import check_vae_dir, load_vae
-    from pid_trt.workflows.decode import load_captions, my_share, output_tag, weights_summary, write_summary
-    from pid_trt.workflows.reconstruct import (
-        Sample,
-        check_sigmas,
-        input_size,
-        mean_metrics,
-        read_manifest,
-        reconstruct,
-    )
-    from pid_trt.workflows.sources import describe_source
+    from pid_trt.vae import load_vae
+    from pid_trt.workflows.decode import load_captions, output_tag, weights_summary, write_summary
+    from pid_trt.workflows.reconstruct import Sample, check_sigmas, mean_metrics, preflight, read_manifest, reconstruct
 
     if (image is None) == (manifest is None):
         raise PiDInputError("give either --image FILE or --manifest FILE.jsonl")
@@ -66,12 +58,7 @@ def command(vae_dir, image, manifest, caption, sigmas, seed, caption_embedding, 
     # fail before loading anything large
     out = out or pathlib.Path("results/official_demo_from_clean") / backbone
     check_writable(out)
-    check_vae_dir(vae_dir)
-    indices = my_share(len(samples))
-    info = describe_source(**source_from(source))
-    options = info.options(steps, cfg, shift)
-    sr = info.net_config.sr_scale
-    info.check_request([(w * sr, h * sr) for w, h in (input_size(samples[i].path) for i in indices)])
+    indices, _, options = preflight(vae_dir, samples, steps, cfg, shift, **source_from(source))
     captions, negative = load_captions([s.caption for s in samples], indices, caption_embedding=caption_embedding,
                                        text_encoder=text_encoder, negative_embedding=negative_embedding,
                                        teacher=options.sampler == "teacher")

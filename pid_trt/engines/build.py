@@ -95,7 +95,7 @@ def make_sidecar(plan: BuildPlan, manifest: dict[str, Any], trt_version: str, gp
         "format": FORMAT, "format_version": FORMAT_VERSION, "pid_trt_version": VERSION, "name": "",
         "backbone": plan.backbone, "ckpt": plan.entry.ckpt, "net_definition": manifest.get("net_definition"),
         "precision": plan.precision, "net_config": manifest["net_config"],
-        **io_blocks(NetConfig.from_dict(manifest["net_config"])), "sampler": manifest["sampler"],
+        **io_blocks(plan.net_config), "sampler": manifest["sampler"],
         "engines": {g: {"file": "", "sha256": "", "onnx_sha256": manifest["graphs"][g]["sha256"],
                         "inputs": io(manifest["graphs"][g]["inputs"]), "outputs": io(manifest["graphs"][g]["outputs"])}
                     for g in GRAPHS},

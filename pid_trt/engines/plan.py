@@ -17,8 +17,15 @@ from pid_trt.engines.profiles import Profile, Range, plan_profiles, profile_set_
 from pid_trt.engines.store import GRAPHS, UNKNOWN, engine_name
 from pid_trt.errors import ConfigError, PiDError
 from pid_trt.export.fp8 import fp8_params
-from pid_trt.export.manifest import check_weights, describe_weights, fp8_id, is_random, read_manifest, weights_id
-from pid_trt.integrity import file_sha256
+from pid_trt.export.manifest import (
+    check_weights,
+    checkpoint_weights,
+    describe_weights,
+    fp8_id,
+    is_random,
+    read_manifest,
+    weights_id,
+)
 from pid_trt.memory import LARGEST_TARGET_GPU, WEIGHT_BYTES, activation_bytes, check_fits, gib, params_of, weight_bytes
 from pid_trt.registry import Entry, resolve
 
@@ -94,8 +101,7 @@ def planned_weights(manifest: dict[str, Any] | None, checkpoint: pathlib.Path | 
         return manifest["weights"]
     if checkpoint is None:
         return {"source": "random"}
-    path = checkpoint.resolve()
-    return {"source": str(path), "checkpoint": {"path": str(path), "sha256": file_sha256(path)}}
+    return checkpoint_weights(checkpoint)
 
 
 def _weights_choice(onnx_dir: pathlib.Path | None, checkpoint: pathlib.Path | None, random_weights: bool) -> None:
@@ -141,8 +147,6 @@ def make_plan(*, backbone: str | None, ckpt: str | None, precision: str | None, 
     if manifest is not None and random_weights and not is_random(manifest["weights"]):
         raise ConfigError(f"--random-weights contradicts {onnx_dir}, exported from "
                           f"{describe_weights(manifest['weights'])}; drop one of them")
-    if manifest is not None and checkpoint is not None:
-        check_weights(manifest["weights"], checkpoint, f"ONNX export {onnx_dir}", manifest["net_config"])
     if onnx_dir is None:
         # exports are kept beside the engines and reused by later builds of the same net and weights
         custom = f"_custom{hashlib.sha256(json.dumps(dict(net_config or {}), sort_keys=True).encode()).hexdigest()[:8]}"
@@ -151,8 +155,8 @@ def make_plan(*, backbone: str | None, ckpt: str | None, precision: str | None, 
                                           f"{custom if net_config else ''}")
         if (onnx_dir / "manifest.json").exists():
             manifest = read_manifest(onnx_dir, graphs=GRAPHS)
-            if checkpoint is not None:
-                check_weights(manifest["weights"], checkpoint, f"ONNX export {onnx_dir}", manifest["net_config"])
+    if manifest is not None and checkpoint is not None:
+        check_weights(manifest["weights"], checkpoint, f"ONNX export {onnx_dir}", manifest["net_config"])
     config = NetConfig.from_dict(manifest["net_config"]) if manifest is not None else net_config or entry.net.config
     profiles, warnings = plan_profiles(entry, config, shapes=shapes, dynamic=dynamic, batch=batch)
     return BuildPlan(entry, precision, config, net_config, onnx_dir, manifest, profiles, warnings, engine_dir,

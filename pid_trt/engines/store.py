@@ -18,9 +18,9 @@ from filelock import FileLock
 from pid_trt.atomic import atomic_write_bytes, atomic_write_json
 from pid_trt.engines.profiles import Profile
 from pid_trt.errors import ConfigError, PiDError
-from pid_trt.export.manifest import weights_id
 from pid_trt.formats import read_json, validate
 from pid_trt.integrity import contained, verify_file
+from pid_trt.memory import gib
 from pid_trt.registry import resolve
 
 FORMAT = "pid-trt-engine"
@@ -49,8 +49,15 @@ def engine_name(backbone: str, ckpt: str, precision: str, profile_hash: str,
             f"_trt{trt_version or UNKNOWN}_sm{sm}")
 
 
+def sidecar_weights(sidecar: Mapping[str, Any]) -> dict[str, Any]:
+    """The weights block a sidecar records (older sidecars: only the weights' sha256)."""
+    return sidecar.get("weights") or {"sha256": sidecar["weights_sha256"]}
+
+
 def sidecar_weights_id(sidecar: Mapping[str, Any]) -> str | None:
     """The weights identity a sidecar records (None for sidecars written before pid-trt recorded one)."""
+    from pid_trt.export.manifest import weights_id  # here: pid_trt.export loads torch, `pid-trt engines` does not
+
     if sidecar.get("weights_id"):
         return sidecar["weights_id"]
     return weights_id(sidecar["weights"]) if sidecar.get("weights") else None
@@ -292,7 +299,7 @@ def list_engines(engine_dir: str | pathlib.Path) -> list[tuple]:
     capability = gpu.compute_capability if gpu else None
     rows = []
     for item in EngineStore(engine_dir).scan():
-        s, size = item.sidecar, f"{item.size_bytes / 2**30:.2f} GiB"
+        s, size = item.sidecar, gib(item.size_bytes)
         if s is None:
             rows.append((item.name, "-", "-", "-", "-", "-", "-", size, item.status))
             continue

@@ -251,7 +251,8 @@ def _scales(amax: np.ndarray | float, elem_type: int) -> np.ndarray:
 
 
 def _elem_types(model) -> dict[str, int]:
-    """The element type of every tensor in the graph (shape inference)."""
+    """The element type of every tensor in the graph (shape inference; pass the graph without its external data:
+    shape inference serializes the model, which protobuf limits to 2 GB)."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -361,7 +362,7 @@ def quantize_fp8(onnx_path: str | pathlib.Path, net: PiDNet, stats: Fp8Calibrati
     if len(cores) != len(stats.attention):
         raise PiDInputError(f"FP8: {path.name} has {len(cores)} attention cores but calibration saw "
                             f"{len(stats.attention)} attention calls per denoiser call; calibrate the net you export")
-    types = _elem_types(model)
+    types = _elem_types(onnx.load(str(path), load_external_data=False))  # types need no weight bytes
 
     plan: dict[str, tuple[np.ndarray, int | None]] = {}
     uses: list[tuple[Any, int, str]] = []

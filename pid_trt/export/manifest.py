@@ -109,6 +109,13 @@ def is_random(weights: Mapping[str, Any]) -> bool:
     return weights.get("source") == "random"
 
 
+def checkpoint_weights(checkpoint: str | pathlib.Path) -> dict[str, Any]:
+    """The weights block of an export from a checkpoint file: its absolute path (so parity finds it from any
+    directory) and the sha256 of its bytes."""
+    path = pathlib.Path(checkpoint).resolve()
+    return {"source": str(path), "checkpoint": {"path": str(path), "sha256": file_sha256(path)}}
+
+
 def weights_id(weights: Mapping[str, Any]) -> str:
     """What engine names call the weights: RANDOM for random weights, else the first 8 hex digits of the
     checkpoint file's sha256 (exports from a checkpoint) or of the weights' own sha256 (nets exported from

@@ -24,8 +24,16 @@ from pid_trt.config import EXPORT_PRECISIONS, VERSION, match_net_definition
 from pid_trt.errors import PiDInputError
 from pid_trt.export.fp8 import BASE_PRECISIONS, DEFAULT_BASE, Calibration, calibrate, check_keep_high, quantize_fp8
 from pid_trt.export.graphs import CondGraph, DenoiseGraph, SingleGraph, export_view, feature_names, precision_policy
-from pid_trt.export.manifest import FORMAT, FORMAT_VERSION, io_blocks, is_random, sampler_block, weights_id
-from pid_trt.integrity import file_sha256, sha256_file
+from pid_trt.export.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    checkpoint_weights,
+    io_blocks,
+    is_random,
+    sampler_block,
+    weights_id,
+)
+from pid_trt.integrity import sha256_file
 from pid_trt.model import PiDNet
 from pid_trt.registry import resolve
 
@@ -173,8 +181,7 @@ def build_net(*, backbone: str | None = None, ckpt: str | None = None, net_confi
         from pid_trt.checkpoint import load_net
 
         net = load_net(checkpoint, net_config)
-        path = pathlib.Path(checkpoint).resolve()  # absolute: parity finds it from any directory
-        weights = {"source": str(path), "checkpoint": {"path": str(path), "sha256": file_sha256(path)}}
+        weights = checkpoint_weights(checkpoint)
     else:
         torch.manual_seed(seed)
         net = PiDNet.from_config(net_config).eval()
@@ -202,6 +209,8 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
         raise PiDInputError(f"precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
     if keep_high and precision != "fp8":
         raise PiDInputError(f"--keep-high applies to --precision fp8 only (got {precision})")
+    if precision == "fp8" and fp8_base not in BASE_PRECISIONS:
+        raise PiDInputError(f"fp8_base must be one of {', '.join(BASE_PRECISIONS)}, got {fp8_base!r}")
     out = pathlib.Path(out_dir)
     check_directory_target(out, "export directory")  # before loading weights
     owned = net is None
@@ -218,8 +227,6 @@ def export_onnx(out_dir: str | pathlib.Path, *, backbone: str | None = None, ckp
     weights = {**info["weights"], "sha256": weights_digest(net)}
     base = fp8_base if precision == "fp8" else precision
     if precision == "fp8":
-        if fp8_base not in BASE_PRECISIONS:
-            raise PiDInputError(f"fp8_base must be one of {', '.join(BASE_PRECISIONS)}, got {fp8_base!r}")
         log.info("fp8: calibrating on reference decodes ...")
         fp8_stats = calibrate(net, calibration)  # the fp32 net, before the export view changes it
     # the export view swaps tables and, for fp16/bf16, casts weights: never on the caller's net

@@ -147,7 +147,7 @@ class OnnxRuntimeBackend:
             return [lq_latent]
         s = self.sessions["cond"]
         outs = s.run(None, session_feeds(s, {"lq_latent": lq_latent}))
-        return [torch.from_numpy(o).to(self.device) for o in outs]
+        return [torch.from_numpy(o) for o in outs]  # host arrays: they only ever go back into ONNX Runtime
 
     def step_feeds(self, x, t, y, sigma, feats) -> tuple[str, dict[str, torch.Tensor]]:
         """The graph one denoiser call runs ("denoise", or "model" for a single-graph export) and its inputs."""

@@ -23,12 +23,12 @@ from pid_trt.engines.store import (
     canonical_names,
     find_engine,
     gpu_model_note,
+    sidecar_weights,
     sidecar_weights_id,
     verify_engine_files,
 )
 from pid_trt.errors import PiDInputError
-from pid_trt.export.manifest import check_weights
-from pid_trt.integrity import file_sha256
+from pid_trt.export.manifest import check_weights, checkpoint_weights, weights_id
 from pid_trt.runtime.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class TensorRTBackend:
         self.sidecar = EngineStore(root).read_sidecar(sidecar_path.stem)  # validated against its schema
         self.net_config = NetConfig.from_dict(self.sidecar["net_config"])
         self.precision = self.sidecar["precision"]
-        self.weights = self.sidecar.get("weights") or {"sha256": self.sidecar["weights_sha256"]}
+        self.weights = sidecar_weights(self.sidecar)
         self.device = resolve_device(None if device is None else str(device))
         if self.device.type != "cuda":
             raise PiDInputError(f"TensorRT engines run on a CUDA GPU, not {self.device}; pass --device cuda[:N]")
@@ -134,7 +134,7 @@ class TensorRTBackend:
             want = canonical_names(backbone, ckpt or "2k")
             finished = [s for s in finished if (s["backbone"], s["ckpt"]) == want]
         if checkpoint is not None:
-            wanted = file_sha256(checkpoint)[:8]
+            wanted = weights_id(checkpoint_weights(checkpoint))
             finished = [s for s in finished if sidecar_weights_id(s) in (wanted, None)]
         choices = sorted({(s["backbone"], s["ckpt"], s["precision"], sidecar_weights_id(s) or "unknown",
                            s.get("fp8_id") or "") for s in finished if precision in (None, s["precision"])})
@@ -153,8 +153,7 @@ class TensorRTBackend:
         path = lookup.require()
         if checkpoint is not None:
             sidecar = lookup.sidecar
-            check_weights(sidecar.get("weights") or {"sha256": sidecar["weights_sha256"]}, checkpoint,
-                          f"engine {sidecar['name']}", sidecar["net_config"])
+            check_weights(sidecar_weights(sidecar), checkpoint, f"engine {sidecar['name']}", sidecar["net_config"])
         return cls(path, resolved)
 
     def _profile(self, batch: int, height: int, width: int) -> int:

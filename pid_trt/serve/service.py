@@ -178,15 +178,13 @@ class DecodeService:
         dec, net_config = self.decoder, self.decoder.net_config
         entry = dec.entry
         be = dec.backend
-        record = getattr(be, "manifest", None) or getattr(be, "sidecar", None) or {}
-        weights = record.get("weights_sha256") or (record.get("weights") or {}).get("sha256")
         return {
             "api": API_VERSION,
             "backbone": getattr(entry, "backbone", None), "ckpt": getattr(entry, "ckpt", None),
             "experiment": getattr(entry, "experiment", None), "sampler": dec.sampler,
-            "precision": record.get("precision") or getattr(be, "precision", self.config.precision),
+            "precision": dec.precision,
             "backend": be.name, "device": str(be.device),
-            "weights_sha256": weights,
+            "weights_sha256": dec.weights.get("sha256"),
             "latent_channels": net_config.lq_latent_channels,
             "pixels_per_latent": self.pixels_per_latent,
             "caption": {"max_length": net_config.text_limit, "embed_dim": net_config.txt_embed_dim,

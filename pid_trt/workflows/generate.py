@@ -26,7 +26,8 @@ from pid_trt.images import resize, save_image, side_by_side
 from pid_trt.latents import canonical_backbone
 from pid_trt.runtime import PiDDecoder, resolve_device
 from pid_trt.sampler import SamplerOptions, to_uint8
-from pid_trt.workflows.decode import Captions, caption_row, check_captions, gather_records, output_tag
+from pid_trt.workflows.decode import Captions, caption_row, check_captions, gather_records, my_share, output_tag
+from pid_trt.workflows.sources import SourceInfo, describe_source
 
 # upstream's per-backbone LDM steps and guidance defaults
 LDM_DEFAULTS = {"flux": (28, 3.5), "sd3": (28, 4.0), "sdxl": (30, 7.5), "flux2": (50, 4.0),
@@ -76,6 +77,22 @@ def check_pipeline_dir(model_dir: str | pathlib.Path, backbone: str) -> None:
     found = values.get("_class_name") if isinstance(values, dict) else None
     if found != PIPELINE_CLASSES[name]:
         raise PiDInputError(f"{model_dir} holds a {found}, but --backbone {name} needs a {PIPELINE_CLASSES[name]}")
+
+
+def preflight(model_dir: str | pathlib.Path, prompts: int, size: tuple[int, int], steps: int | None = None,
+              cfg: float | None = None, shift: float | None = None, **source: Any
+              ) -> tuple[list[int], SourceInfo, SamplerOptions]:
+    """Everything `generate` can refuse before anything large is loaded: the pipeline folder of the source's
+    backbone, this rank's share of `prompts`, the sampler options, a size PiD cannot produce or the device cannot
+    hold (`source`: describe_source's arguments). Returns (this rank's prompt indices, the source, the options)."""
+    backbone = source["backbone"]
+    check_pipeline_dir(model_dir, backbone)
+    indices = my_share(prompts, "prompt")
+    info = describe_source(**source)
+    options = info.options(steps, cfg, shift)
+    ldm_size(backbone, size, info.net_config.sr_scale)
+    info.check_request([size])
+    return indices, info, options
 
 
 def load_pipeline(model_dir: str | pathlib.Path, backbone: str, device: str | torch.device | None = None,

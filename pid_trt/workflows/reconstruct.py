@@ -27,14 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from pid_trt import vae as vae_files  # module attribute: tests replace its checks
 from pid_trt.errors import PiDInputError
 from pid_trt.images import resize, save_image
 from pid_trt.latents import canonical_backbone, denormalize, patchify
 from pid_trt.runtime import PiDDecoder
 from pid_trt.sampler import SamplerOptions, to_uint8
 from pid_trt.vae import baseline_decode
-from pid_trt.workflows.decode import Captions, caption_row, check_captions, gather_records, output_tag
+from pid_trt.workflows.decode import Captions, caption_row, check_captions, gather_records, my_share, output_tag
 from pid_trt.workflows.metrics import latent_consistency, psnr, ssim
+from pid_trt.workflows.sources import SourceInfo, describe_source
 
 DEFAULT_SEED = 5  # upstream's from_clean default
 
@@ -85,6 +87,21 @@ def input_size(path: pathlib.Path) -> tuple[int, int]:
     if width < 16 or height < 16:
         raise PiDInputError(f"image {path} is {width}x{height}; it must be at least 16x16")
     return width // 16 * 16, height // 16 * 16
+
+
+def preflight(vae_dir: str | pathlib.Path, samples: Sequence[Sample], steps: int | None = None,
+              cfg: float | None = None, shift: float | None = None, **source: Any
+              ) -> tuple[list[int], SourceInfo, SamplerOptions]:
+    """Everything `reconstruct` can refuse before anything large is loaded: the VAE folder, this rank's share of
+    `samples`, the sampler options, input sizes whose decode the device cannot hold (`source`: describe_source's
+    arguments). Returns (this rank's sample indices, the source, the sampler options)."""
+    vae_files.check_vae_dir(vae_dir)
+    indices = my_share(len(samples))
+    info = describe_source(**source)
+    options = info.options(steps, cfg, shift)
+    sr = info.net_config.sr_scale
+    info.check_request([(w * sr, h * sr) for w, h in (input_size(samples[i].path) for i in indices)])
+    return indices, info, options
 
 
 def load_image(path: pathlib.Path) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pid_trt import memory
 from pid_trt.config import NetConfig
-from pid_trt.engines.store import EngineStore, canonical_names
+from pid_trt.engines.store import EngineStore, canonical_names, sidecar_weights
 from pid_trt.errors import PiDInputError
 from pid_trt.export.manifest import check_weights, is_random, read_manifest
 from pid_trt.registry import Entry
@@ -319,7 +319,7 @@ class Sources:
         for item in EngineStore(self.file).scan():
             if item.sidecar is not None:
                 s = item.sidecar
-                return s["net_config"], s.get("weights") or {"sha256": s["weights_sha256"]}
+                return s["net_config"], sidecar_weights(s)
         raise PiDInputError(f"{self.file} holds no usable engine sidecar (*.json); see pid-trt engines {self.file}")
 
     def describe_source(self) -> SourceInfo | None:
